@@ -1,0 +1,165 @@
+"""Typed experiment specs: one object that rebuilds a model and its training run exactly.
+
+This module must import without torch: the server validates requests with it and the
+client never installs torch. Everything here is plain pydantic.
+
+Family defaults (``None`` in a field means "the family's default"):
+
+=========  ==========  =======  ========  ==========  =========
+arch       batch_norm  dropout  residual  extra_convs optimizer
+=========  ==========  =======  ========  ==========  =========
+vgg16      True        0.5      False     0           sgd
+vgg_deep   False       0.0      False     4           sgd
+resnet18   True        0.0      True      (n/a)       sgd
+=========  ==========  =======  ========  ==========  =========
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ARCHS = ("vgg16", "vgg_deep", "resnet18")
+KERNEL_SIZES = (3, 5, 7)
+POOLINGS = ("max", "avg")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid")
+INITS = ("default", "kaiming_normal", "xavier_normal", "orthogonal")
+DATASETS = ("cifar10", "fashion_mnist", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vgg16": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
+    "vgg_deep": {"batch_norm": False, "dropout": 0.0, "residual": False, "extra_convs": 4},
+    "resnet18": {"batch_norm": True, "dropout": 0.0, "residual": True, "extra_convs": 0},
+}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Spec):
+    """Architecture and its options. ``resolved()`` fills the family defaults in."""
+
+    arch: Literal["vgg16", "vgg_deep", "resnet18"]
+    kernel_size: Literal[3, 5, 7] = 3
+    pooling: Literal["max", "avg"] = "max"
+    activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
+    batch_norm: bool | None = None
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    bottleneck: bool = False
+    bottleneck_factor: int = Field(default=4, ge=2, le=16)
+    residual: bool | None = None
+    init: Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"] = "default"
+    extra_convs: int | None = Field(default=None, ge=0, le=16)
+    width: float = Field(default=1.0, gt=0.0, le=4.0)
+    in_channels: int = Field(default=3, ge=1, le=16)
+    num_classes: int = Field(default=10, ge=2, le=1000)
+
+    @field_validator("kernel_size", mode="before")
+    @classmethod
+    def _odd_kernel(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v not in KERNEL_SIZES:
+            raise ValueError(f"kernel_size must be one of {list(KERNEL_SIZES)}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _family_rules(self) -> ModelSpec:
+        if self.arch == "resnet18" and self.extra_convs not in (None, 0):
+            raise ValueError("extra_convs applies to the VGG family only (arch 'vgg16' or 'vgg_deep'); "
+                             "resnet18's depth is fixed at [2, 2, 2, 2] blocks")
+        if self.arch == "resnet18" and self.dropout not in (None, 0.0):
+            raise ValueError("dropout applies to the VGG classifier only; resnet18 has no dropout layer")
+        return self
+
+    def resolved(self) -> ModelSpec:
+        """The same spec with every family default written out (what a stored result records)."""
+        filled = {k: v for k, v in _FAMILY_DEFAULTS[self.arch].items() if getattr(self, k) is None}
+        return self.model_copy(update=filled)
+
+
+class DataSpec(_Spec):
+    """A data set by name; the server resolves names inside its own data root (never a path)."""
+
+    name: Literal["cifar10", "fashion_mnist", "synthetic"] = "cifar10"
+    subset: int | None = Field(default=None, ge=1, description="training images per class (None: all)")
+    test_subset: int | None = Field(default=None, ge=1, description="test images per class (None: all)")
+    augment: bool = True
+    image_size: int | None = Field(default=None, ge=8, le=64,
+                                   description="synthetic only: side of the square images (default 32)")
+
+
+class TrainSpec(_Spec):
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=128, ge=1, le=8192)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    step_size: int = Field(default=30, ge=1, description="epochs between decays for schedule 'step'")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="decay factor for schedule 'step'")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0, description="max global grad norm (None: off)")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _optimizer_rules(self) -> TrainSpec:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+        return self
+
+
+class TrackingSpec(_Spec):
+    mode: Literal["fused", "full_backward_hook"] = "fused"
+    activation_every: int = Field(default=10, ge=0, description="record activation gradients every N steps "
+                                  "(1: every step, 0: never)")
+    flush_every: int = Field(default=50, ge=1, le=100_000)
+    layer_types: tuple[Literal["conv", "linear"], ...] = ("conv",)
+    vanishing_fraction: float = Field(default=1e-3, gt=0.0, lt=1.0,
+                                      description="flag vanishing when first/last layer norm ratio is below this")
+
+
+class ExperimentSpec(_Spec):
+    """Everything a run needs: rebuilds the model and replays the run exactly."""
+
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    checkpoint_every: int = Field(default=1, ge=0, description="epochs between checkpoints (0: never)")
+
+    @model_validator(mode="after")
+    def _data_fits_model(self) -> ExperimentSpec:
+        channels = {"cifar10": 3, "fashion_mnist": 1}.get(self.data.name)
+        if channels is not None and channels != self.model.in_channels:
+            raise ValueError(f"model.in_channels is {self.model.in_channels} but data set "
+                             f"'{self.data.name}' has {channels} channel(s)")
+        if self.data.image_size is not None and self.data.name != "synthetic":
+            raise ValueError("data.image_size applies to the 'synthetic' data set only")
+        return self
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentSpec:
+        return cls.model_validate(json.loads(text))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
+    """Accept a ModelSpec or a plain dict (``{"arch": "vgg_deep"}``)."""
+    return spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+
+
+def as_experiment_spec(spec: ExperimentSpec | dict[str, Any]) -> ExperimentSpec:
+    return spec if isinstance(spec, ExperimentSpec) else ExperimentSpec.model_validate(spec)
