@@ -74,6 +74,9 @@ class ModelSpec(_Spec):
                              "resnet18's depth is fixed at [2, 2, 2, 2] blocks")
         if self.arch == "resnet18" and self.dropout not in (None, 0.0):
             raise ValueError("dropout applies to the VGG classifier only; resnet18 has no dropout layer")
+        if self.arch == "resnet18" and self.pooling != "max":
+            raise ValueError("pooling applies to the VGG family only; resnet18 (CIFAR variant) has no "
+                             "pooling layer but the final global average")
         return self
 
     def resolved(self) -> ModelSpec:

@@ -1,0 +1,78 @@
+"""Epoch checkpoints in safetensors: weights, optimizer state and the series so far.
+
+Never pickle: a checkpoint is tensors plus JSON metadata, so loading one cannot run code.
+Written to a temporary file and renamed, so a crash mid-write leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from deepgrad_core.norms import NormBlock
+
+CHECKPOINT_NAME = "last.safetensors"
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, norms: dict[str, NormBlock | None],
+                    meta: dict[str, Any]) -> None:
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in opt_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{pid}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    for kind, block in norms.items():
+        if block is not None:
+            tensors[f"norms/{kind}/steps"] = torch.from_numpy(block.steps)
+            tensors[f"norms/{kind}/values"] = torch.from_numpy(block.values)
+            meta.setdefault("norm_layers", {})[kind] = list(block.layers)
+    metadata = {
+        "meta": json.dumps(meta),
+        "optim_groups": json.dumps(opt_state["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+        "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None) -> tuple[dict[str, Any], dict[str, NormBlock]]:
+    """Restore model, optimizer and scaler in place; return (meta, norms recorded so far)."""
+    device = next(model.parameters()).device
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["meta"])
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, Any]] = {}
+    for pid, values in json.loads(metadata["optim_scalars"]).items():
+        state.setdefault(int(pid), {}).update(values)
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["optim_groups"])})
+    scaler_state = json.loads(metadata["scaler"])
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
+    norms = {}
+    for kind, layers in meta.get("norm_layers", {}).items():
+        norms[kind] = NormBlock(kind, tensors[f"norms/{kind}/steps"].numpy().astype(np.int64),
+                                tuple(layers), tensors[f"norms/{kind}/values"].numpy())
+    return meta, norms
