@@ -1,0 +1,412 @@
+"""Data pipeline: CIFAR-10, Fashion-MNIST and a synthetic set as uint8 tensors, batched on the device.
+
+``load_split`` returns a whole split as one uint8 ``ImageSplit`` on the CPU (the data sets studied
+here fit in memory many times over). ``DeviceLoader`` moves it to the training device once and does
+shuffling, augmentation and normalization there, per batch, with no host synchronisation: a
+vanishing-gradient study runs many small models, and a DataLoader with worker processes would be
+the bottleneck.
+
+Where the data come from (``root`` defaults to ``default_data_root()``):
+
+- ``cifar10``: ``<root>/cifar10/{train,test}/<class>/*.jpg|png`` (ImageFolder layout), decoded once
+  into ``<root>/.cache/cifar10-<split>.npz``; else torchvision's ``<root>/cifar-10-batches-py``.
+- ``fashion_mnist``: the idx files in ``<root>/fashion_mnist/``, ``<root>/FashionMNIST/raw/``
+  (torchvision) or ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``).
+- ``synthetic``: generated from the seed, for fast tests.
+
+Normalization statistics are fixed constants of the full training sets (CIFAR-10, padded
+Fashion-MNIST), or computed from the synthetic training split, so a subset run normalizes exactly
+like a full run and the test split always uses training statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deepgrad_core.spec import DataSpec
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+# Per-channel statistics of the 50,000 CIFAR-10 training images (the values torchvision recipes use).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# Fashion-MNIST's 60,000 training images *after* the 2-pixel zero padding (0.2860 / 0.3530 unpadded).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2190,), (0.3318,)
+SYSTEM_FASHION_MNIST_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SYNTHETIC_CLASSES = 10
+_CACHE_VERSION = 1
+_CHANNELS = {"cifar10": 3, "fashion_mnist": 1}
+
+Split = Literal["train", "test"]
+_Arrays = tuple[np.ndarray, np.ndarray, tuple[str, ...]]  # images [N, C, H, W], labels [N], classes
+
+
+class DataError(RuntimeError):
+    """A data set is missing or corrupt; the message names the paths looked at and how to fix it."""
+
+
+@dataclasses.dataclass
+class ImageSplit:
+    """One split of a data set: uint8 images ``[N, C, H, W]``, int64 labels ``[N]``.
+
+    ``mean`` and ``std`` are per channel on the 0..1 scale and always those of the training split.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{list(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels must be int64 [{len(self.images)}], got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
+        channels = self.images.shape[1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean/std need one value per channel ({channels}): {self.mean} / {self.std}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> ImageSplit:
+        """The same split with images and labels on ``device``."""
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+
+def default_data_root() -> Path:
+    """``$DEEPGRAD_DATA_ROOT`` if set, else ``~/.deepgrad/data``."""
+    env = os.environ.get("DEEPGRAD_DATA_ROOT")
+    return Path(env).expanduser() if env else Path.home() / ".deepgrad" / "data"
+
+
+def load_split(spec: DataSpec, split: Split, *, root: str | os.PathLike[str] | None = None,
+               in_channels: int = 3, seed: int = 0, download: bool = False) -> ImageSplit:
+    """Load one split of ``spec.name`` on the CPU.
+
+    ``spec.subset`` / ``spec.test_subset`` keep that many images per class, chosen at random
+    (seeded by ``seed``) and kept in data-set order; a class with fewer images keeps all of them.
+    ``download`` lets torchvision fetch CIFAR-10 / Fashion-MNIST into ``root`` when nothing is found.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    expected = _CHANNELS.get(spec.name)
+    if expected is not None and in_channels != expected:
+        raise ValueError(f"in_channels is {in_channels} but data set '{spec.name}' has {expected} channel(s)")
+    per_class = spec.subset if split == "train" else spec.test_subset
+    if spec.name == "synthetic":
+        return _synthetic(spec, split, in_channels=in_channels, seed=seed)
+    data_root = Path(root) if root is not None else default_data_root()
+    if spec.name == "cifar10":
+        images, labels, classes = _load_cifar10(data_root, split, download)
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        images, labels = _load_fashion_mnist(data_root, split, download)
+        classes, mean, std = FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    if per_class is not None:
+        keep = select_per_class(labels, per_class, seed=seed, salt=split)
+        images, labels = images[keep], labels[keep]
+    if spec.name == "fashion_mnist":
+        # VGG halves the side five times: 28 -> 14 -> 7 -> 3 -> 1 -> 0 fails, 32 -> ... -> 1 works.
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
+    images = np.require(images, requirements=["C", "W"])  # copies only a read-only or strided array
+    return ImageSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), classes, mean, std)
+
+
+def select_per_class(labels: np.ndarray, per_class: int, *, seed: int, salt: str = "") -> np.ndarray:
+    """Sorted indices of ``per_class`` seeded random images of each class (all of a smaller class)."""
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) > per_class:
+            rng = np.random.default_rng([seed, int(c), *salt.encode()])
+            members = rng.choice(members, per_class, replace=False)
+        keep.append(members)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------- CIFAR-10
+
+
+def _load_cifar10(root: Path, split: Split, download: bool) -> _Arrays:
+    folder, batches = root / "cifar10" / split, root / "cifar-10-batches-py"
+    if folder.is_dir():
+        return _load_image_folder(folder, root / ".cache" / f"cifar10-{split}.npz")
+    if batches.is_dir() or download:
+        import torchvision  # slow to import; only this layout needs it
+
+        try:
+            ds = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=download)
+        except (RuntimeError, OSError) as err:
+            raise DataError(f"CIFAR-10 in torchvision's layout at {batches} is unreadable ({err}); delete it "
+                            f"and place torchvision's cifar-10-batches-py there again") from err
+        return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes)
+    raise DataError(f"CIFAR-10 not found: looked for {folder} (ImageFolder layout) and {batches} "
+                    f"(torchvision's layout). Provide it with "
+                    f"`python cifar10_jpeg.py imagefolder {root / 'cifar10'}`, or place torchvision's "
+                    f"cifar-10-batches-py in {root}, or load with download=True.")
+
+
+def _list_image_folder(folder: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...], tuple[int, int]]:
+    """Files sorted by class then name (like torchvision's ImageFolder), labels, classes, fingerprint."""
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = tuple(d.name for d in class_dirs)
+    if classes != CIFAR10_CLASSES:
+        raise DataError(f"{folder} must hold one folder per CIFAR-10 class {list(CIFAR10_CLASSES)}, "
+                        f"found {list(classes)}")
+    files: list[Path] = []
+    labels: list[int] = []
+    newest = max(d.stat().st_mtime_ns for d in class_dirs)
+    for label, d in enumerate(class_dirs):
+        entries = sorted((e for e in os.scandir(d) if e.name.lower().endswith(IMAGE_SUFFIXES)),
+                         key=lambda e: e.name)
+        if not entries:
+            raise DataError(f"class folder {d} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        files += [Path(e.path) for e in entries]
+        labels += [label] * len(entries)
+        newest = max(newest, *(e.stat().st_mtime_ns for e in entries))
+    return files, np.asarray(labels, dtype=np.int64), classes, (len(files), newest)
+
+
+def _load_image_folder(folder: Path, cache: Path) -> _Arrays:
+    """Decode an ImageFolder once; later loads read the uint8 cache while the folder is unchanged."""
+    files, labels, classes, fingerprint = _list_image_folder(folder)
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        return cached
+    start = time.perf_counter()
+    images = _decode_all(files)
+    log.info("decoded %d images from %s in %.1f s", len(files), folder, time.perf_counter() - start)
+    _write_cache(cache, images, labels, classes, fingerprint)
+    return images, labels, classes
+
+
+def _decode_image(path: Path) -> np.ndarray:
+    """One 32x32 image as uint8 ``[3, 32, 32]``; a corrupt or odd-sized file is a ``DataError``."""
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"corrupt image {path}: {err}; replace or delete the file") from err
+    if pixels.shape != (32, 32, 3):
+        raise DataError(f"image {path} is {pixels.shape[1]}x{pixels.shape[0]}, CIFAR-10 images are 32x32")
+    return pixels.transpose(2, 0, 1)
+
+
+def _decode_all(files: list[Path]) -> np.ndarray:
+    """Decode in a thread pool: Pillow releases the GIL while decoding, so threads scale."""
+    out = np.empty((len(files), 3, 32, 32), dtype=np.uint8)
+    chunks = [range(i, min(i + 256, len(files))) for i in range(0, len(files), 256)]
+
+    def decode_chunk(chunk: range) -> None:
+        for i in chunk:
+            out[i] = _decode_image(files[i])
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(decode_chunk, chunks):  # re-raises the first DataError
+            pass
+    return out
+
+
+def _read_cache(cache: Path, fingerprint: tuple[int, int]) -> _Arrays | None:
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            if int(z["version"]) != _CACHE_VERSION or tuple(z["fingerprint"].tolist()) != fingerprint:
+                log.info("cache %s is stale, decoding again", cache)
+                return None
+            return z["images"], z["labels"].astype(np.int64), tuple(str(c) for c in z["classes"])
+    except (OSError, ValueError, KeyError, zlib.error) as err:  # a broken cache is rebuilt, not fatal
+        log.warning("ignoring unreadable cache %s: %s", cache, err)
+        return None
+
+
+def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
+                 fingerprint: tuple[int, int]) -> None:
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=images, labels=labels, classes=np.asarray(classes),
+                 fingerprint=np.asarray(fingerprint, dtype=np.int64), version=_CACHE_VERSION)
+        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old cache or the new one
+    except OSError as err:  # a read-only data root only costs the decode next time
+        log.warning("could not write cache %s: %s", cache, err)
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _load_fashion_mnist(root: Path, split: Split, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    dirs = (root / "fashion_mnist", root / "FashionMNIST" / "raw", *SYSTEM_FASHION_MNIST_DIRS)
+    found = _find_idx_pair(dirs, names)
+    if found is None and download:
+        import torchvision  # slow to import; only a download needs it
+
+        try:
+            torchvision.datasets.FashionMNIST(str(root), train=split == "train", download=True)
+        except (RuntimeError, OSError) as err:
+            raise DataError(f"downloading Fashion-MNIST into {root} failed: {err}") from err
+        found = _find_idx_pair(dirs, names)
+    if found is None:
+        raise DataError(f"Fashion-MNIST ({names[0]}[.gz], {names[1]}[.gz]) not found in any of "
+                        f"{', '.join(map(str, dirs))}. Install it with "
+                        f"`apt-get install dataset-fashion-mnist`, place the idx files in {dirs[0]}, "
+                        f"or load with download=True.")
+    images, labels = _read_idx(found[0], ndim=3), _read_idx(found[1], ndim=1)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) >= 10:
+        raise DataError(f"{found[0]} / {found[1]} do not hold Fashion-MNIST: images {images.shape}, "
+                        f"{len(labels)} labels up to {labels.max(initial=0)}")
+    return images, labels.astype(np.int64)
+
+
+def _find_idx_pair(dirs: tuple[Path, ...], names: tuple[str, str]) -> tuple[Path, Path] | None:
+    """The first folder holding both files (each plain or ``.gz``)."""
+    for d in dirs:
+        pair = [next((p for p in (d / n, d / f"{n}.gz") if p.is_file()), None) for n in names]
+        if pair[0] is not None and pair[1] is not None:
+            return pair[0], pair[1]
+    return None
+
+
+def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    """Parse an unsigned-byte idx file: magic ``0x0000080<ndim>``, ``ndim`` big-endian sizes, data."""
+    try:
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"cannot read {path}: {err}; replace the file") from err
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= header else -1
+    if magic != 0x800 + ndim:
+        raise DataError(f"{path} is not an idx file of {ndim}-d unsigned bytes (magic {magic:#x}, "
+                        f"expected {0x800 + ndim:#x}); replace the file")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    if len(raw) != header + int(np.prod(dims)):
+        raise DataError(f"{path} holds {len(raw) - header} bytes of data but its header promises {dims}; "
+                        f"the file is truncated or corrupt")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+# --------------------------------------------------------------------------------------- synthetic
+
+
+def _synthetic(spec: DataSpec, split: Split, *, in_channels: int, seed: int) -> ImageSplit:
+    """Class prototypes shared by both splits; noise and shifts drawn per split."""
+    size = spec.image_size or 32
+    train = _synthetic_images(size, in_channels, spec.subset or 100, seed=seed, split="train")
+    images = train if split == "train" else _synthetic_images(size, in_channels, spec.test_subset or 20,
+                                                              seed=seed, split="test")
+    scaled = train.astype(np.float64) / 255.0
+    mean = tuple(float(m) for m in scaled.mean(axis=(0, 2, 3)))
+    std = tuple(float(s) for s in scaled.std(axis=(0, 2, 3)))
+    labels = np.repeat(np.arange(SYNTHETIC_CLASSES), len(images) // SYNTHETIC_CLASSES)
+    classes = tuple(f"pattern_{c}" for c in range(SYNTHETIC_CLASSES))
+    return ImageSplit(torch.from_numpy(images), torch.from_numpy(labels), classes, mean, std)
+
+
+def _synthetic_images(size: int, channels: int, per_class: int, *, seed: int, split: Split) -> np.ndarray:
+    """Each class: stripes at its own angle, frequency and colour, plus a blob at its own place.
+
+    Every image is its class's pattern shifted by up to 2 pixels, plus Gaussian noise.
+    """
+    k, proto = SYNTHETIC_CLASSES, np.random.default_rng([seed, 0])
+    angle = (np.arange(k) + proto.uniform(0, 0.3, k)) * np.pi / k  # one stripe orientation per class
+    freq = proto.uniform(1.5, 3.0, k) / size  # cycles per pixel: smooth, low frequency
+    phase = proto.uniform(0, 2 * np.pi, (k, channels))
+    centre = proto.uniform(0.25 * size, 0.75 * size, (k, 2))
+    rng = np.random.default_rng([seed, 1 if split == "train" else 2])
+    out = np.empty((k * per_class, channels, size, size), dtype=np.uint8)
+    grid = np.arange(size, dtype=np.float32)
+    for c in range(k):
+        shift = rng.integers(-2, 3, (per_class, 2, 1, 1)).astype(np.float32)
+        y, x = grid[None, :, None] - shift[:, 0], grid[None, None, :] - shift[:, 1]  # [n, size, size]
+        along = x * np.cos(angle[c]) + y * np.sin(angle[c])
+        stripes = np.sin(2 * np.pi * freq[c] * along[:, None] + phase[c][None, :, None, None])
+        blob = np.exp(-((y - centre[c, 0]) ** 2 + (x - centre[c, 1]) ** 2) / (0.02 * size**2))[:, None]
+        noise = rng.normal(0.0, 0.12, (per_class, channels, size, size))
+        pixels = 0.5 + 0.25 * stripes + 0.25 * blob + noise
+        out[c * per_class:(c + 1) * per_class] = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+# ------------------------------------------------------------------------------------ DeviceLoader
+
+
+class DeviceLoader:
+    """Batches of a split kept on the training device; shuffling and augmentation happen there too.
+
+    The uint8 images move to ``device`` once. Each batch is gathered, augmented (train only: random
+    crop with 4-pixel zero padding and horizontal flip, vectorised over the batch), converted to
+    float and normalized. Order and augmentation depend on ``(seed, epoch)`` only, so a run resumed
+    at epoch k sees exactly the batches of an uninterrupted run. Nothing here syncs with the host.
+    """
+
+    def __init__(self, split: ImageSplit, batch_size: int, *, device: torch.device | str, train: bool,
+                 augment: bool = True, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.split = split.to(self.device)
+        self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
+        std = torch.tensor(split.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        mean = torch.tensor(split.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        if self.train:  # drop the last partial batch: BatchNorm trains badly on a handful of images
+            return n // self.batch_size if n > self.batch_size else min(n, 1)
+        return -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(images float32 [B, C, H, W], labels int64 [B])`` on the device for one epoch."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0] >> 1))
+        n, bs = len(self.split), self.batch_size
+        order = torch.randperm(n, generator=gen, device=self.device) if self.train else None
+        for b in range(len(self)):
+            idx = slice(b * bs, (b + 1) * bs) if order is None else order[b * bs:(b + 1) * bs]
+            images, labels = self.split.images[idx], self.split.labels[idx]
+            if self.train and self.augment:
+                images = self._crop_flip(images, gen)
+            yield images.float().mul_(self._scale).add_(self._shift), labels
+
+    @staticmethod
+    def _crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+        """Random crop of the zero-padded batch and random flip, as one gather with per-image offsets."""
+        b, c, h, w = images.shape
+        dev = images.device
+        padded = F.pad(images, (pad, pad, pad, pad))  # zero = black, as torchvision's RandomCrop(padding=4)
+        dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
+        flip = torch.rand((b, 1), generator=gen, device=dev) < 0.5
+        rows = dy + torch.arange(h, device=dev)
+        cols = dx + torch.arange(w, device=dev)
+        cols = torch.where(flip, cols.flip(1), cols)
+        batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        chans = torch.arange(c, device=dev).view(1, c, 1, 1)
+        return padded[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
