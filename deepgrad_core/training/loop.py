@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deepgrad_core.analysis.summary import summarize_run
 from deepgrad_core.data import DeviceLoader, ImageSplit, load_split
 from deepgrad_core.device import choose_device
 from deepgrad_core.norms import NormBlock, concat_blocks
@@ -59,6 +60,7 @@ class TrainResult:
     confusion: list[list[int]] | None = None
     per_class: list[dict[str, Any]] | None = None
     diverged_at_step: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,7 +151,9 @@ def train(model: nn.Module, spec: ExperimentSpec | dict[str, Any], *, device: st
     result = TrainResult(spec=spec, status=status, history=history, norms=norms, steps_per_epoch=steps_per_epoch,
                          layers=[{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
                                  for la in tracker.layers],
-                         diverged_at_step=run.diverged_at, environment=environment(device))
+                         diverged_at_step=run.diverged_at, environment=environment(device),
+                         summary=summarize_run(norms, steps_per_epoch=steps_per_epoch,
+                                               fraction=spec.tracking.vanishing_fraction))
     if status == "succeeded":
         _finish(result, model, test_loader, test_data, autocast)
     return result

@@ -1,0 +1,289 @@
+"""GradientTracker: exact values, unscaled norms under AMP, no host sync in a step, clean detach."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from deepgrad_core import GradientTracker, build_model, tracked_layers
+from deepgrad_core.norms import NormBlock
+
+
+def _batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _hooks_left(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
+               + len(m._backward_pre_hooks) for m in model.modules())
+
+
+def _run(model, tracker, steps, *, scaler=None, optimizer=None, autocast=contextlib.nullcontext, check=None):
+    """Run ``steps`` training steps; ``check(step, model)`` runs after backward, before the update."""
+    for step in range(steps):
+        x, y = _batch(seed=step)
+        tracker.start_step(step)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if check is not None:
+            check(step, model)
+        tracker.record_step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        elif optimizer is not None:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+
+def test_weight_norms_equal_direct_grad_norms():
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    blocks: list[NormBlock] = []
+    expected = []
+    with GradientTracker(model, flush_every=4, on_flush=blocks.append) as tracker:
+        _run(model, tracker, 6, check=lambda s, m: expected.append(
+            [la.weight.grad.norm().item() for la in tracker.layers]))
+        tracker.flush()
+    weight = [b for b in blocks if b.kind == "weight"]
+    assert [len(b) for b in weight] == [4, 2]
+    got = np.concatenate([b.values for b in weight])
+    np.testing.assert_allclose(got, np.array(expected), rtol=1e-5)
+    assert np.concatenate([b.steps for b in weight]).tolist() == list(range(6))
+    assert weight[0].layers == tuple(f"conv{i}" for i in range(1, 21))
+
+
+def test_activation_norms_equal_output_gradient_norms_on_sampled_steps():
+    torch.manual_seed(0)
+    model = build_model({"arch": "vgg16", "width": 0.125})
+    layers = tracked_layers(model)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inp, out):
+            out.retain_grad()
+            outputs[name] = out
+        return hook
+
+    handles = [la.module.register_forward_hook(keep(la.name)) for la in layers]
+    expected = {}
+    blocks: list[NormBlock] = []
+    with GradientTracker(model, activation_every=3, flush_every=100, on_flush=blocks.append) as tracker:
+        _run(model, tracker, 7, check=lambda s, m: expected.__setitem__(
+            s, [outputs[la.name].grad.norm().item() for la in layers]))
+        tracker.flush()
+    for h in handles:
+        h.remove()
+    act = next(b for b in blocks if b.kind == "activation")
+    assert act.steps.tolist() == [0, 3, 6]
+    np.testing.assert_allclose(act.values, np.array([expected[s] for s in (0, 3, 6)]), rtol=1e-5)
+
+
+def test_full_backward_hook_mode_matches_fused_activation_norms():
+    torch.manual_seed(0)
+    model = build_model({"arch": "vgg_deep", "width": 0.125})
+    results = {}
+    for mode in ("fused", "full_backward_hook"):
+        blocks: list[NormBlock] = []
+        with GradientTracker(model, mode=mode, activation_every=1, on_flush=blocks.append) as tracker:
+            _run(model, tracker, 3)
+            tracker.flush()
+        results[mode] = next(b for b in blocks if b.kind == "activation")
+        assert _hooks_left(model) == 0
+    np.testing.assert_allclose(results["fused"].values, results["full_backward_hook"].values, rtol=1e-5)
+
+
+def test_grad_scaler_records_unscaled_norms():
+    blocks = {}
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        model = build_model({"arch": "resnet18", "width": 0.125})
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) if scaled else None
+        got: list[NormBlock] = []
+        with GradientTracker(model, activation_every=1, scaler=scaler, on_flush=got.append) as tracker:
+            _run(model, tracker, 3, scaler=scaler, optimizer=optimizer)
+            tracker.flush()
+        blocks[scaled] = {b.kind: b for b in got}
+    for kind in ("weight", "activation"):
+        np.testing.assert_allclose(blocks[True][kind].values, blocks[False][kind].values, rtol=1e-4)
+
+
+def test_grad_scaler_without_unscale_is_refused():
+    model = build_model({"arch": "vgg16", "width": 0.125})
+    scaler = torch.amp.GradScaler("cpu")
+    tracker = GradientTracker(model, scaler=scaler)
+    x, y = _batch()
+    tracker.start_step(0)
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    with pytest.raises(RuntimeError, match="unscale_"):
+        tracker.record_step()
+
+
+def test_bf16_autocast_norms_are_float32_and_close_to_fp32():
+    torch.manual_seed(0)
+    model = build_model({"arch": "vgg16", "width": 0.125, "dropout": 0.0})
+    got = {}
+    for name, autocast in [("fp32", contextlib.nullcontext),
+                           ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))]:
+        blocks: list[NormBlock] = []
+        with GradientTracker(model, activation_every=1, on_flush=blocks.append) as tracker:
+            _run(model, tracker, 2, autocast=autocast)
+            tracker.flush()
+        got[name] = {b.kind: b for b in blocks}
+    for kind in ("weight", "activation"):
+        assert got["bf16"][kind].values.dtype == np.float32
+        np.testing.assert_allclose(got["bf16"][kind].values, got["fp32"][kind].values, rtol=0.1)
+
+
+_SYNC_METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def _forbid_host_sync(allowed: list[bool]):
+    """Count device->host reads of tensors; they are allowed only while ``allowed[0]`` is True."""
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in _SYNC_METHODS}
+
+    def guard(name):
+        def wrapper(self, *args, **kwargs):
+            calls.append((name, allowed[0]))
+            return originals[name](self, *args, **kwargs)
+        return wrapper
+
+    for name in _SYNC_METHODS:
+        setattr(torch.Tensor, name, guard(name))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def test_no_host_sync_inside_steps_only_at_flushes():
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    allowed = [False]
+    flushes = []
+
+    def on_flush(block):
+        flushes.append(block.kind)
+
+    tracker = GradientTracker(model, activation_every=2, flush_every=5, on_flush=on_flush).attach()
+    original_flush = tracker.flush
+
+    def flush():
+        allowed[0] = True
+        try:
+            return original_flush()
+        finally:
+            allowed[0] = False
+
+    tracker.flush = flush
+    with _forbid_host_sync(allowed) as calls:
+        _run(model, tracker, 12)
+    tracker.detach()
+    assert [c for c in calls if not c[1]] == [], "host sync inside a training step"
+    assert tracker.flushes == 2  # steps 0-4 and 5-9; 10-11 wait in the device buffer
+    assert flushes == ["weight", "activation"] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for torch.cuda.set_sync_debug_mode")
+def test_no_host_sync_inside_steps_on_cuda():
+    model = build_model({"arch": "resnet18", "width": 0.25}).cuda()
+    tracker = GradientTracker(model, activation_every=2, flush_every=1000).attach()
+    x, y = (t.cuda() for t in _batch(16))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(6):
+            tracker.start_step(step)
+            nn.functional.cross_entropy(model(x), y).backward()
+            tracker.record_step()
+            model.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(tracker.flush()[0]) == 6
+
+
+def test_nonfinite_norms_detected_at_flush():
+    model = build_model({"arch": "vgg16", "width": 0.125})
+    tracker = GradientTracker(model, flush_every=10)
+
+    def poison(step, m):
+        if step == 3:
+            tracker.layers[2].weight.grad.fill_(float("nan"))
+
+    _run(model, tracker, 5, check=poison)
+    assert tracker.first_nonfinite_step is None  # nothing synced yet
+    blocks = tracker.flush()
+    weight = next(b for b in blocks if b.kind == "weight")
+    assert weight.nonfinite_steps.tolist() == [3]
+    assert np.isfinite(weight.values[:3]).all()  # what came before is kept intact
+    assert tracker.first_nonfinite_step == 3
+
+
+@pytest.mark.parametrize("mode", ["fused", "full_backward_hook"])
+def test_detach_leaves_no_hooks(mode):
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    tracker = GradientTracker(model, mode=mode, activation_every=1).attach()
+    x, y = _batch()
+    tracker.start_step(0)  # a sampled step: hooks armed
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert mode == "fused" or _hooks_left(model) > 0
+    tracker.detach()
+    assert _hooks_left(model) == 0
+
+
+def test_unsampled_steps_carry_no_hooks():
+    model = build_model({"arch": "vgg16", "width": 0.125})
+    with GradientTracker(model, activation_every=10) as tracker:
+        tracker.start_step(3)
+        assert _hooks_left(model) == 0
+        tracker.start_step(10)
+        assert _hooks_left(model) == len(tracker.layers)
+        x, y = _batch()
+        nn.functional.cross_entropy(model(x), y).backward()
+        tracker.record_step()
+        assert _hooks_left(model) == 0
+
+
+def test_tracker_attaches_to_any_module():
+    model = torchvision.models.resnet18(num_classes=10)
+    blocks: list[NormBlock] = []
+    with GradientTracker(model, layer_types=("conv", "linear"), activation_every=1,
+                         on_flush=blocks.append) as tracker:
+        _run(model, tracker, 2)
+        tracker.flush()
+    weight = next(b for b in blocks if b.kind == "weight")
+    assert weight.layers[-1] == "fc1" and weight.layers[0] == "conv1" and len(weight.layers) == 21
+    assert np.isfinite(weight.values).all() and (weight.values > 0).all()
+    assert _hooks_left(model) == 0
+
+
+def test_tracker_rejects_bad_arguments():
+    model = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="no layer"):
+        GradientTracker(model)
+    with pytest.raises(ValueError, match="mode"):
+        GradientTracker(build_model({"arch": "vgg16", "width": 0.125}), mode="sometimes")
+
+
+def test_sync_guard_catches_the_original_methods_per_layer_item():
+    """The guard above is not vacuous: the original method syncs once per layer per step."""
+    model = build_model({"arch": "vgg16", "width": 0.125})
+    tracker = GradientTracker(model, mode="full_backward_hook", flush_every=100).attach()
+    with _forbid_host_sync([False]) as calls:
+        _run(model, tracker, 2)
+    tracker.detach()
+    assert sum(1 for name, allowed in calls if name == "item" and not allowed) == 2 * len(tracker.layers)
