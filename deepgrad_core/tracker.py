@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -45,6 +46,11 @@ from deepgrad_core.norms import NormBlock
 log = logging.getLogger(__name__)
 
 MODES = ("fused", "full_backward_hook")
+
+# The first conv's input never requires grad, so torch warns that its full backward hook fires
+# with respect to outputs only; that is exactly the gradient the original method records.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                        "to module outputs", category=UserWarning)
 
 
 class GradientTracker:
