@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deepgrad_core.data import DeviceLoader, load_split
+from deepgrad_core.data import load_split
 from deepgrad_core.device import choose_device
+from deepgrad_core.loader import DeviceLoader
 from deepgrad_core.models import build_model
 from deepgrad_core.spec import ARCHS, DataSpec
 from deepgrad_core.tracker import GradientTracker

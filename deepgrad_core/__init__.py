@@ -22,7 +22,7 @@ _LAZY = {
     "GradientTracker": "deepgrad_core.tracker",
     "NormBlock": "deepgrad_core.norms",
     "load_split": "deepgrad_core.data",
-    "DeviceLoader": "deepgrad_core.data",
+    "DeviceLoader": "deepgrad_core.loader",
     "DataError": "deepgrad_core.data",
     "train": "deepgrad_core.training",
     "TrainResult": "deepgrad_core.training",

@@ -1,10 +1,8 @@
 """Data pipeline: CIFAR-10, Fashion-MNIST and a synthetic set as uint8 tensors, batched on the device.
 
 ``load_split`` returns a whole split as one uint8 ``ImageSplit`` on the CPU (the data sets studied
-here fit in memory many times over). ``DeviceLoader`` moves it to the training device once and does
-shuffling, augmentation and normalization there, per batch, with no host synchronisation: a
-vanishing-gradient study runs many small models, and a DataLoader with worker processes would be
-the bottleneck.
+here fit in memory many times over); ``deepgrad_core.loader.DeviceLoader`` batches it on the
+training device.
 
 Where the data come from (``root`` defaults to ``default_data_root()``):
 
@@ -27,14 +25,12 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from deepgrad_core.spec import DataSpec
@@ -351,62 +347,3 @@ def _synthetic_images(size: int, channels: int, per_class: int, *, seed: int, sp
         pixels = 0.5 + 0.25 * stripes + 0.25 * blob + noise
         out[c * per_class:(c + 1) * per_class] = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out
-
-
-# ------------------------------------------------------------------------------------ DeviceLoader
-
-
-class DeviceLoader:
-    """Batches of a split kept on the training device; shuffling and augmentation happen there too.
-
-    The uint8 images move to ``device`` once. Each batch is gathered, augmented (train only: random
-    crop with 4-pixel zero padding and horizontal flip, vectorised over the batch), converted to
-    float and normalized. Order and augmentation depend on ``(seed, epoch)`` only, so a run resumed
-    at epoch k sees exactly the batches of an uninterrupted run. Nothing here syncs with the host.
-    """
-
-    def __init__(self, split: ImageSplit, batch_size: int, *, device: torch.device | str, train: bool,
-                 augment: bool = True, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.split = split.to(self.device)
-        self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
-        std = torch.tensor(split.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean = torch.tensor(split.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        if self.train:  # drop the last partial batch: BatchNorm trains badly on a handful of images
-            return n // self.batch_size if n > self.batch_size else min(n, 1)
-        return -(-n // self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(images float32 [B, C, H, W], labels int64 [B])`` on the device for one epoch."""
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0] >> 1))
-        n, bs = len(self.split), self.batch_size
-        order = torch.randperm(n, generator=gen, device=self.device) if self.train else None
-        for b in range(len(self)):
-            idx = slice(b * bs, (b + 1) * bs) if order is None else order[b * bs:(b + 1) * bs]
-            images, labels = self.split.images[idx], self.split.labels[idx]
-            if self.train and self.augment:
-                images = self._crop_flip(images, gen)
-            yield images.float().mul_(self._scale).add_(self._shift), labels
-
-    @staticmethod
-    def _crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-        """Random crop of the zero-padded batch and random flip, as one gather with per-image offsets."""
-        b, c, h, w = images.shape
-        dev = images.device
-        padded = F.pad(images, (pad, pad, pad, pad))  # zero = black, as torchvision's RandomCrop(padding=4)
-        dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
-        dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
-        flip = torch.rand((b, 1), generator=gen, device=dev) < 0.5
-        rows = dy + torch.arange(h, device=dev)
-        cols = dx + torch.arange(w, device=dev)
-        cols = torch.where(flip, cols.flip(1), cols)
-        batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
-        chans = torch.arange(c, device=dev).view(1, c, 1, 1)
-        return padded[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from deepgrad_core.analysis.summary import summarize_run
-from deepgrad_core.data import DeviceLoader, ImageSplit, load_split
+from deepgrad_core.data import ImageSplit, load_split
 from deepgrad_core.device import choose_device
+from deepgrad_core.loader import DeviceLoader
 from deepgrad_core.norms import NormBlock, concat_blocks
 from deepgrad_core.spec import ExperimentSpec, as_experiment_spec
 from deepgrad_core.tracker import GradientTracker
