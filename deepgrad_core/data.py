@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepgrad_core.spec import DataSpec
+from deepgrad_core.spec import DATASET_CHANNELS, DATASET_CLASSES, DEFAULT_IMAGE_SIDE, DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2190,), (0.3318,)
 SYSTEM_FASHION_MNIST_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SYNTHETIC_CLASSES = 10
+SYNTHETIC_CLASSES = DATASET_CLASSES["synthetic"]
 _CACHE_VERSION = 1
-_CHANNELS = {"cifar10": 3, "fashion_mnist": 1}
 
 Split = Literal["train", "test"]
 _Arrays = tuple[np.ndarray, np.ndarray, tuple[str, ...]]  # images [N, C, H, W], labels [N], classes
@@ -106,7 +105,7 @@ def load_split(spec: DataSpec, split: Split, *, root: str | os.PathLike[str] | N
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    expected = _CHANNELS.get(spec.name)
+    expected = DATASET_CHANNELS.get(spec.name)
     if expected is not None and in_channels != expected:
         raise ValueError(f"in_channels is {in_channels} but data set '{spec.name}' has {expected} channel(s)")
     per_class = spec.subset if split == "train" else spec.test_subset
@@ -312,7 +311,7 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
 
 def _synthetic(spec: DataSpec, split: Split, *, in_channels: int, seed: int) -> ImageSplit:
     """Class prototypes shared by both splits; noise and shifts drawn per split."""
-    size = spec.image_size or 32
+    size = spec.image_size or DEFAULT_IMAGE_SIDE
     train = _synthetic_images(size, in_channels, spec.subset or 100, seed=seed, split="train")
     images = train if split == "train" else _synthetic_images(size, in_channels, spec.test_subset or 20,
                                                               seed=seed, split="test")

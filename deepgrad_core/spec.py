@@ -30,6 +30,12 @@ DATASETS = ("cifar10", "fashion_mnist", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What deepgrad_core.data's loaders produce for each data set (Fashion-MNIST is padded to 32x32).
+DATASET_CLASSES = {"cifar10": 10, "fashion_mnist": 10, "synthetic": 10}
+DATASET_CHANNELS = {"cifar10": 3, "fashion_mnist": 1}  # synthetic: as many as model.in_channels
+DEFAULT_IMAGE_SIDE = 32
+# VGG halves the image side five times: 32 -> 16 -> 8 -> 4 -> 2 -> 1; from 31 down a pooling meets 0 pixels.
+VGG_MIN_IMAGE_SIDE = 32
 
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "vgg16": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
@@ -143,12 +149,22 @@ class ExperimentSpec(_Spec):
 
     @model_validator(mode="after")
     def _data_fits_model(self) -> ExperimentSpec:
-        channels = {"cifar10": 3, "fashion_mnist": 1}.get(self.data.name)
-        if channels is not None and channels != self.model.in_channels:
-            raise ValueError(f"model.in_channels is {self.model.in_channels} but data set "
-                             f"'{self.data.name}' has {channels} channel(s)")
-        if self.data.image_size is not None and self.data.name != "synthetic":
+        model, data = self.model, self.data
+        channels = DATASET_CHANNELS.get(data.name)
+        if channels is not None and channels != model.in_channels:
+            raise ValueError(f"model.in_channels is {model.in_channels} but data set "
+                             f"'{data.name}' has {channels} channel(s)")
+        classes = DATASET_CLASSES[data.name]
+        if model.num_classes != classes:
+            raise ValueError(f"model.num_classes is {model.num_classes} but data set '{data.name}' has "
+                             f"{classes} classes; set model.num_classes to {classes}")
+        if data.image_size is not None and data.name != "synthetic":
             raise ValueError("data.image_size applies to the 'synthetic' data set only")
+        side = data.image_size or DEFAULT_IMAGE_SIDE
+        if model.arch != "resnet18" and side < VGG_MIN_IMAGE_SIDE:
+            raise ValueError(f"data.image_size is {side} but {model.arch} pools five times and needs images of "
+                             f"at least {VGG_MIN_IMAGE_SIDE}x{VGG_MIN_IMAGE_SIDE}; use data.image_size >= "
+                             f"{VGG_MIN_IMAGE_SIDE} or arch 'resnet18'")
         return self
 
     @classmethod
