@@ -13,8 +13,12 @@ So the default ``fused`` mode
 * moves the buffers to the host once per flush, in one transfer, and hands ``NormBlock``s to
   ``on_flush``; non-finite values are found there, not by syncing every step.
 
-``mode="full_backward_hook"`` is the original method (a full backward hook on every layer and
-``.norm().item()`` per layer per step), kept for comparison and benchmarks.
+``mode="full_backward_hook"`` is the original method (a hook on every layer's full backward pass,
+reading its ``grad_output`` with ``.norm().item()`` per layer per step), kept for comparison and
+benchmarks.
+
+The tracker follows the model: buffers are allocated on the device of the tracked weights, and
+moved there again at the next ``start_step`` when the model has moved (with nothing pending).
 
 Typical use (see ``deepgrad_core.training`` for the whole loop)::
 
@@ -32,7 +36,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -47,11 +50,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("fused", "full_backward_hook")
 
-# The first conv's input never requires grad, so torch warns that its full backward hook fires
-# with respect to outputs only; that is exactly the gradient the original method records.
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
-                        "to module outputs", category=UserWarning)
-
 
 class GradientTracker:
     """Record per-layer gradient L2 norms of any ``nn.Module``.
@@ -62,9 +60,9 @@ class GradientTracker:
         mode: ``fused`` (default) or ``full_backward_hook`` (the original study's method).
         activation_every: record output-gradient norms every N steps (1: every step, 0: never).
         flush_every: steps between host transfers; ``on_flush`` receives one block per kind.
-        scaler: a ``torch.amp.GradScaler``; activation norms are divided by its scale, and
-            ``record_step`` must run after ``scaler.unscale_(optimizer)`` so weight norms are
-            the true ones (this is checked).
+        scaler: a ``torch.amp.GradScaler``; activation norms (both modes) are divided by its
+            scale, and ``record_step`` must run after ``scaler.unscale_(optimizer)`` so weight
+            norms are the true ones (this is checked).
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[TrackedLayer] | None = None,
@@ -98,8 +96,12 @@ class GradientTracker:
     # -- lifecycle ---------------------------------------------------------------------------
     def attach(self) -> GradientTracker:
         if self.mode == "full_backward_hook" and not self._handles:
+            # The *pre*-hook of the full backward hook machinery: same BackwardHook wrapping, same
+            # grad_output. The post-hook would make torch warn at every step for the first conv,
+            # whose input needs no gradient, and silencing that would take a process-wide
+            # warnings filter (the warning is attributed to whoever calls backward()).
             for i, layer in enumerate(self.layers):
-                self._handles.append(layer.module.register_full_backward_hook(
+                self._handles.append(layer.module.register_full_backward_pre_hook(
                     functools.partial(self._full_backward_hook, i)))
         return self
 
@@ -119,6 +121,7 @@ class GradientTracker:
     # -- per step ----------------------------------------------------------------------------
     def start_step(self, step: int) -> None:
         """Call before the forward pass of global step ``step``."""
+        self._follow_model()
         self._step = step
         self._sampled = self.activation_every > 0 and step % self.activation_every == 0
         self._act = [None] * len(self.layers)
@@ -165,6 +168,9 @@ class GradientTracker:
     def _record_activations(self) -> None:
         if self.mode == "full_backward_hook":
             row = torch.tensor([math.nan if v is None else v for v in self._act], dtype=torch.float32)
+            if self.scaler is not None:
+                # As below, but this mode has synced once per layer already: one more read is cheap.
+                row /= self.scaler.get_scale()
             self._abuf[self._an] = row
         else:
             zero = torch.zeros((), device=self.device)
@@ -194,8 +200,7 @@ class GradientTracker:
         # float32 accumulation even when autocast produced a bf16/fp16 gradient.
         self._act[i] = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
 
-    def _full_backward_hook(self, i: int, module: nn.Module, grad_input: object,
-                            grad_output: tuple[Tensor, ...]) -> None:
+    def _full_backward_hook(self, i: int, module: nn.Module, grad_output: tuple[Tensor, ...]) -> None:
         # The original study's method: one reduction and one host sync per layer per step.
         if self._step is not None and grad_output[0] is not None:
             self._act[i] = grad_output[0].norm().item()
@@ -239,6 +244,19 @@ class GradientTracker:
         """Earliest step with a NaN/inf norm among what has been flushed (None: all finite)."""
         steps = [s for kind in self.nonfinite.values() for s in kind]
         return min(steps) if steps else None
+
+    def _follow_model(self) -> None:
+        """Adopt the device of the tracked weights: the model may have moved since construction."""
+        device = self.layers[0].weight.device
+        if device == self.device:
+            return
+        pending = max(self._wn, self._an)
+        if pending:
+            raise RuntimeError(f"the model moved from {self.device} to {device} while {pending} recorded "
+                               "step(s) were waiting in the tracker's buffers; call tracker.flush() before "
+                               "moving the model")
+        self.device = device
+        self._reset_buffers()
 
     def _reset_buffers(self) -> None:
         L, n = len(self.layers), self.flush_every

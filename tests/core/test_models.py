@@ -147,6 +147,22 @@ def test_init_scheme_sets_expected_scale(init):
     assert torch.count_nonzero(conv.bias) == 0
 
 
+def test_orthogonal_init_gives_orthogonal_rows_or_columns():
+    """Each weight, as a matrix [out, in * k * k], has orthonormal rows or columns (whichever are fewer),
+    scaled by the activation's gain: W W^T = gain^2 I (or W^T W)."""
+    for activation, gain in [("relu", 2 ** 0.5), ("tanh", 5 / 3)]:
+        model = build_model({"arch": "resnet18", "init": "orthogonal", "activation": activation, "width": 0.125})
+        layers = tracked_layers(model, ("conv", "linear"))
+        shapes = set()
+        for layer in layers:
+            w = layer.weight.detach().flatten(1).double()
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            shapes.add(w.shape[0] <= w.shape[1])
+            torch.testing.assert_close(gram, gain ** 2 * torch.eye(len(gram), dtype=torch.float64),
+                                       atol=1e-5, rtol=0, msg=f"{activation} {layer.name}")
+        assert shapes == {True, False}  # wide (3x3 convs) and tall (1x1 shortcuts) matrices were checked
+
+
 def test_spec_round_trips_through_json_and_rebuilds_same_model():
     spec = ModelSpec(arch="vgg_deep", kernel_size=5, activation="elu", width=0.25, init="orthogonal")
     again = ModelSpec.model_validate(json.loads(spec.model_dump_json()))
