@@ -51,6 +51,12 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     os.replace(tmp, path)
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's metadata (epoch, history, spec) without loading a tensor."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None) -> tuple[dict[str, Any], dict[str, NormBlock]]:
     """Restore model, optimizer and scaler in place; return (meta, norms recorded so far)."""

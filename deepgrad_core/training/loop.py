@@ -2,7 +2,7 @@
 
 Host syncs are kept out of the step: running loss and accuracy accumulate on the device and
 are read once per epoch; gradient norms reach the host once per tracker flush, and that is
-where divergence (non-finite loss or norms) is noticed and the run stopped.
+where divergence (see ``DivergenceWatch``) is noticed and the run stopped.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from deepgrad_core.analysis.summary import summarize_run
 from deepgrad_core.data import ImageSplit, load_split
 from deepgrad_core.device import choose_device
 from deepgrad_core.loader import DeviceLoader
-from deepgrad_core.norms import NormBlock, concat_blocks
+from deepgrad_core.norms import KINDS, NormBlock, concat_blocks
 from deepgrad_core.spec import ExperimentSpec, as_experiment_spec
 from deepgrad_core.tracker import GradientTracker
-from deepgrad_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from deepgrad_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_meta, save_checkpoint
+from deepgrad_core.training.divergence import DivergenceWatch
 from deepgrad_core.training.evaluate import classification_report, evaluate
 from deepgrad_core.training.optim import build_optimizer, lr_at
 
@@ -57,6 +58,7 @@ class TrainResult:
     norms: dict[str, NormBlock | None]
     layers: list[dict[str, Any]]
     steps_per_epoch: int
+    start_step: int = 0  # first step this call ran: 0, or where a resumed checkpoint left off
     final: dict[str, Any] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
     per_class: list[dict[str, Any]] | None = None
@@ -82,87 +84,107 @@ def train(model: nn.Module, spec: ExperimentSpec | dict[str, Any], *, device: st
           data_root: str | Path | None = None, train_data: ImageSplit | None = None,
           test_data: ImageSplit | None = None, on_step: Callable[[StepInfo], None] | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_norms: Callable[[NormBlock], None] | None = None, should_stop: Callable[[], bool] | None = None,
-          checkpoint_dir: str | Path | None = None, resume: bool = True) -> TrainResult:
+          on_norms: Callable[[NormBlock], None] | None = None, on_resume: Callable[[int], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, checkpoint_dir: str | Path | None = None,
+          resume: bool = True) -> TrainResult:
     """Train ``model`` as ``spec`` says, tracking per-layer gradient norms all along.
 
     Callbacks: ``on_step`` after every step, ``on_epoch`` with each epoch's metrics, ``on_norms``
     with every flushed ``NormBlock``. ``should_stop`` is polled between steps (cooperative
     cancel). With ``checkpoint_dir`` a checkpoint is written after every ``checkpoint_every``
     epochs and, when ``resume`` is true and one exists, the run continues from it exactly.
+
+    Resuming replays what came after the checkpoint, so ``on_norms`` and ``on_epoch`` send again
+    steps and epochs an interrupted call may already have sent. Before replaying, and only when
+    resuming from a checkpoint, ``on_resume(start_step)`` is called once with the first global
+    step that will be run (``start_epoch * steps_per_epoch``, also ``TrainResult.start_step``). A
+    consumer that stores what streams must then discard its norms with ``step >= start_step`` and
+    its epoch metrics with ``epoch >= start_epoch`` (``start_step // steps_per_epoch``).
+
+    The caller's random number generators are left as they were found.
     """
     spec = as_experiment_spec(spec)
     device = choose_device(str(device) if device is not None else None)
+    train_data, test_data = _splits(spec, data_root, train_data, test_data)
     model.to(device)
-    ts = spec.train
-    train_data = train_data or load_split(spec.data, "train", root=data_root,
-                                          in_channels=spec.model.in_channels, seed=spec.seed)
-    test_data = test_data or load_split(spec.data, "test", root=data_root,
-                                        in_channels=spec.model.in_channels, seed=spec.seed)
-    train_loader = DeviceLoader(train_data, ts.batch_size, device=device, train=True,
+    train_loader = DeviceLoader(train_data, spec.train.batch_size, device=device, train=True,
                                 augment=spec.data.augment, seed=spec.seed)
-    test_loader = DeviceLoader(test_data, ts.batch_size, device=device, train=False, seed=spec.seed)
-    steps_per_epoch = len(train_loader)
-
-    optimizer = build_optimizer(model, ts)
-    scaler = torch.amp.GradScaler(device.type) if ts.precision == "fp16" else None
-    autocast = (partial(torch.autocast, device.type, dtype=_AMP_DTYPES[ts.precision])
-                if ts.precision in _AMP_DTYPES else nullcontext)
-    criterion = nn.CrossEntropyLoss(label_smoothing=ts.label_smoothing)
-
-    blocks: dict[str, list[NormBlock]] = {"weight": [], "activation": [], "global": []}
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    test_loader = DeviceLoader(test_data, spec.train.batch_size, device=device, train=False, seed=spec.seed)
+    run = _Run.create(model, spec, device, steps_per_epoch=len(train_loader), on_step=on_step, on_norms=on_norms,
+                      should_stop=should_stop)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    start_epoch = 0
     if ckpt is not None and resume and ckpt.exists():
-        meta, saved = load_checkpoint(ckpt, model=model, optimizer=optimizer, scaler=scaler)
-        if meta["spec"] != spec.model_dump(mode="json"):
-            raise ValueError(f"checkpoint {ckpt} was written for a different spec; use another "
-                             "checkpoint_dir or resume=False")
-        start_epoch, history = meta["epoch"] + 1, meta["history"]
-        for kind, block in saved.items():
-            blocks[kind].append(block)
-        log.info("resumed from %s after epoch %d", ckpt, meta["epoch"])
-
-    run = _Run(model=model, spec=spec, optimizer=optimizer, scaler=scaler, autocast=autocast,
-               criterion=criterion, steps_per_epoch=steps_per_epoch, on_step=on_step,
-               should_stop=should_stop)
-    tracker = GradientTracker(model, layer_types=spec.tracking.layer_types, mode=spec.tracking.mode,
-                              activation_every=spec.tracking.activation_every,
-                              flush_every=spec.tracking.flush_every, scaler=scaler,
-                              on_flush=partial(run.on_flush, blocks, on_norms))
-    run.tracker = tracker
-    status = "succeeded"
-    with tracker:
-        for epoch in range(start_epoch, ts.epochs):
-            metrics = run.train_epoch(epoch, train_loader)
-            tracker.flush()  # a checkpoint must hold every step up to it, so flush at epoch ends
-            if run.stopped:
-                status = run.stopped
-                break
-            metrics |= run.test_metrics(test_loader)
-            history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
-            if ckpt is not None and spec.checkpoint_every and (epoch + 1) % spec.checkpoint_every == 0:
-                save_checkpoint(ckpt, model=model, optimizer=optimizer, scaler=scaler,
-                                norms={k: concat_blocks(v) for k, v in blocks.items()},
-                                meta={"epoch": epoch, "history": history, "spec": spec.model_dump(mode="json")})
-    norms = {k: concat_blocks(v) for k, v in blocks.items()}
-    result = TrainResult(spec=spec, status=status, history=history, norms=norms, steps_per_epoch=steps_per_epoch,
-                         layers=[{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
-                                 for la in tracker.layers],
-                         diverged_at_step=run.diverged_at, environment=environment(device),
-                         summary=summarize_run(norms, steps_per_epoch=steps_per_epoch,
-                                               fraction=spec.tracking.vanishing_fraction))
+        start_epoch = _resume(run, ckpt)
+        if on_resume is not None:
+            on_resume(start_epoch * run.steps_per_epoch)
+    # Each epoch seeds the generators dropout draws from (so a resumed run matches): fork them,
+    # so that the caller's state is restored afterwards.
+    with torch.random.fork_rng(devices=_cuda_indices(device)), run.tracker:
+        status = run.fit(start_epoch, train_loader, test_loader, on_epoch=on_epoch, checkpoint=ckpt)
+    result = run.result(status, start_step=start_epoch * run.steps_per_epoch, device=device)
     if status == "succeeded":
-        _finish(result, model, test_loader, test_data, autocast)
+        _finish(result, model, test_loader, test_data.classes, run.autocast)
     return result
 
 
-def _finish(result: TrainResult, model: nn.Module, test_loader: DeviceLoader, test_data: ImageSplit,
+def _splits(spec: ExperimentSpec, root: str | Path | None, train_data: ImageSplit | None,
+            test_data: ImageSplit | None) -> tuple[ImageSplit, ImageSplit]:
+    """Both splits, loaded unless passed in, each checked against the model's number of classes."""
+    splits = []
+    for name, given in (("train", train_data), ("test", test_data)):
+        split = given if given is not None else load_split(spec.data, name, root=root,
+                                                           in_channels=spec.model.in_channels, seed=spec.seed)
+        if len(split.classes) != spec.model.num_classes:
+            raise ValueError(f"model.num_classes is {spec.model.num_classes} but {name}_data has "
+                             f"{len(split.classes)} classes")
+        splits.append(split)
+    return splits[0], splits[1]
+
+
+def _resolved(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with the model family's defaults written out, as checkpoints and the CLI record it."""
+    return spec.model_copy(update={"model": spec.model.resolved()})
+
+
+def _resume(run: _Run, path: Path) -> int:
+    """Restore weights, optimizer, scaler, history and norms from ``path``; return the next epoch."""
+    meta = read_meta(path)
+    try:
+        same = _resolved(ExperimentSpec.model_validate(meta["spec"])) == _resolved(run.spec)
+    except ValueError:  # a spec this version no longer accepts
+        same = False
+    if not same:
+        raise ValueError(f"checkpoint {path} was written for a different spec; use another "
+                         "checkpoint_dir or resume=False")
+    meta, saved = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scaler=run.scaler)
+    run.history = meta["history"]
+    for kind, block in saved.items():
+        run.blocks[kind].append(block)
+    log.info("resumed from %s after epoch %d", path, meta["epoch"])
+    return meta["epoch"] + 1
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    """The GPU whose generator training uses, for ``fork_rng`` (forking all would wake every GPU)."""
+    return [_cuda_index(device)] if device.type == "cuda" else []
+
+
+def _seed_dropout(seed: int, device: torch.device) -> None:
+    """Seed the generators dropout draws from on ``device``: the CPU's, and that one GPU's."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(_cuda_index(device)):
+            torch.cuda.manual_seed(seed)
+
+
+def _finish(result: TrainResult, model: nn.Module, test_loader: DeviceLoader, classes: tuple[str, ...],
             autocast: Callable) -> None:
-    loss, acc, cm = evaluate(model, test_loader.epoch(0), len(test_data.classes), autocast)
+    loss, acc, cm = evaluate(model, test_loader.epoch(0), result.spec.model.num_classes, autocast)
     best = max(result.history, key=lambda m: m["test_acc"]) if result.history else None
     last = result.history[-1] if result.history else {}
     result.final = {"test_loss": loss, "test_acc": acc, "train_loss": last.get("train_loss"),
@@ -170,7 +192,7 @@ def _finish(result: TrainResult, model: nn.Module, test_loader: DeviceLoader, te
                     "best_test_acc": best["test_acc"] if best else None,
                     "seconds": sum(m["seconds"] for m in result.history)}
     result.confusion = cm.tolist()
-    result.per_class = classification_report(cm, test_data.classes)
+    result.per_class = classification_report(cm, classes)
 
 
 @dataclass
@@ -185,22 +207,60 @@ class _Run:
     criterion: nn.Module
     steps_per_epoch: int
     on_step: Callable[[StepInfo], None] | None
+    on_norms: Callable[[NormBlock], None] | None
     should_stop: Callable[[], bool] | None
+    watch: DivergenceWatch
+    first_bad_loss: Tensor  # first step with a non-finite loss (-1: none yet), kept on the device
     tracker: GradientTracker | None = None
+    blocks: dict[str, list[NormBlock]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # "diverged" | "cancelled"
     diverged_at: int | None = None
-    _bad_loss: Tensor | None = None  # count of non-finite losses since the last flush, on device
-    _first_step_of_window: int = 0
+
+    @classmethod
+    def create(cls, model: nn.Module, spec: ExperimentSpec, device: torch.device, **callbacks: Any) -> _Run:
+        """A run ready for its first step: optimizer, mixed precision, tracker."""
+        ts, tracking = spec.train, spec.tracking
+        scaler = torch.amp.GradScaler(device.type) if ts.precision == "fp16" else None
+        autocast = (partial(torch.autocast, device.type, dtype=_AMP_DTYPES[ts.precision])
+                    if ts.precision in _AMP_DTYPES else nullcontext)
+        run = cls(model=model, spec=spec, optimizer=build_optimizer(model, ts), scaler=scaler, autocast=autocast,
+                  criterion=nn.CrossEntropyLoss(label_smoothing=ts.label_smoothing),
+                  watch=DivergenceWatch(scaled=scaler is not None),
+                  first_bad_loss=torch.full((), -1, dtype=torch.int64, device=device), **callbacks)
+        run.tracker = GradientTracker(model, layer_types=tracking.layer_types, mode=tracking.mode,
+                                      activation_every=tracking.activation_every,
+                                      flush_every=tracking.flush_every, scaler=scaler, on_flush=run.on_flush)
+        return run
+
+    def fit(self, start_epoch: int, train_loader: DeviceLoader, test_loader: DeviceLoader, *,
+            on_epoch: Callable[[dict[str, Any]], None] | None, checkpoint: Path | None) -> str:
+        """Train the epochs from ``start_epoch`` on; return the run's status."""
+        every = self.spec.checkpoint_every
+        for epoch in range(start_epoch, self.spec.train.epochs):
+            metrics = self.train_epoch(epoch, train_loader)
+            self.tracker.flush()  # a checkpoint must hold every step up to it, so flush at epoch ends
+            if self.stopped:
+                return self.stopped
+            metrics |= self.test_metrics(test_loader)
+            self.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+            if checkpoint is not None and every and (epoch + 1) % every == 0:
+                save_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                                norms={k: concat_blocks(v) for k, v in self.blocks.items()},
+                                meta={"epoch": epoch, "history": self.history,
+                                      "spec": _resolved(self.spec).model_dump(mode="json")})
+        return "succeeded"
 
     def train_epoch(self, epoch: int, loader: DeviceLoader) -> dict[str, Any]:
         model, ts = self.model, self.spec.train
         model.train()
         device = next(model.parameters()).device
         # Dropout draws from the global generator: seed it per epoch so a resumed run matches.
-        torch.manual_seed(self.spec.seed * 100_003 + epoch)
+        _seed_dropout(self.spec.seed * 100_003 + epoch, device)
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        self._bad_loss = torch.zeros((), device=device, dtype=torch.int64)
         seen, started = 0, time.perf_counter()
         lr = ts.lr
         for batch, (x, y) in enumerate(loader.epoch(epoch)):
@@ -229,7 +289,10 @@ class _Run:
         with self.autocast():
             logits = self.model(x)
             loss = self.criterion(logits.float(), y)
-        self._bad_loss += (~torch.isfinite(loss)).long()
+        # Remember the first step whose loss is not finite without reading the loss (a host sync):
+        # the flush that already moves the norms to the host reads it.
+        first = ~torch.isfinite(loss.detach()) & (self.first_bad_loss < 0)
+        self.first_bad_loss = torch.where(first, step, self.first_bad_loss)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # true gradients for tracking and clipping
@@ -249,29 +312,31 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, logits
 
-    def on_flush(self, blocks: dict[str, list[NormBlock]], on_norms: Callable | None, block: NormBlock) -> None:
+    def on_flush(self, block: NormBlock) -> None:
         """Keep the block, pass it on, and stop the run at the first sign of divergence."""
-        blocks[block.kind].append(block)
-        if on_norms is not None:
-            on_norms(block)
-        if block.kind != ("weight" if self.spec.tracking.mode == "fused" else "activation"):
+        self.blocks[block.kind].append(block)
+        if self.on_norms is not None:
+            self.on_norms(block)
+        # Watch the kind recorded at every step: weights (fused mode) or outputs (the original mode).
+        if block.kind != ("weight" if self.spec.tracking.mode == "fused" else "activation") or self.stopped:
             return
-        bad_norm = block.nonfinite_steps
-        # Under fp16 a GradScaler skips overflowing steps on its own; only a window where every
-        # step overflowed means the run has diverged.
-        diverged_norms = len(bad_norm) == len(block) if self.scaler is not None else len(bad_norm) > 0
-        bad_loss = self._bad_loss is not None and int(self._bad_loss.item()) > 0
-        if (diverged_norms or bad_loss) and not self.stopped:
+        first_bad_loss = int(self.first_bad_loss.item())  # the flush has just synced: this read waits for nothing
+        verdict = self.watch.check(block, first_bad_loss if first_bad_loss >= 0 else None)
+        if verdict is not None:
             self.stopped = "diverged"
-            self.diverged_at = int(bad_norm[0]) if len(bad_norm) else int(block.steps[0])
-            log.warning("run diverged: non-finite %s at step %d", "loss" if bad_loss else "gradient norms",
-                        self.diverged_at)
-        if self._bad_loss is not None:
-            self._bad_loss.zero_()
+            self.diverged_at, why = verdict
+            log.warning("run diverged at step %d: %s", self.diverged_at, why)
 
     def test_metrics(self, loader: DeviceLoader) -> dict[str, float]:
-        loss, acc, _ = evaluate(self.model, loader.epoch(0), self._num_classes(), self.autocast)
+        loss, acc, _ = evaluate(self.model, loader.epoch(0), self.spec.model.num_classes, self.autocast)
         return {"test_loss": loss, "test_acc": acc}
 
-    def _num_classes(self) -> int:
-        return self.spec.model.num_classes
+    def result(self, status: str, *, start_step: int, device: torch.device) -> TrainResult:
+        norms = {k: concat_blocks(v) for k, v in self.blocks.items()}
+        return TrainResult(spec=self.spec, status=status, history=self.history, norms=norms,
+                           steps_per_epoch=self.steps_per_epoch, start_step=start_step,
+                           layers=[{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
+                                   for la in self.tracker.layers],
+                           diverged_at_step=self.diverged_at, environment=environment(device),
+                           summary=summarize_run(norms, steps_per_epoch=self.steps_per_epoch,
+                                                 fraction=self.spec.tracking.vanishing_fraction))

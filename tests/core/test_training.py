@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from deepgrad_core import ExperimentSpec, build_model
+from deepgrad_core import ExperimentSpec, build_model, load_split, tracked_layers
+from deepgrad_core.norms import NormBlock
 from deepgrad_core.spec import TrainSpec
 from deepgrad_core.training import classification_report, lr_at, seed_everything, train
+from deepgrad_core.training.checkpoint import CHECKPOINT_NAME, read_meta
+from deepgrad_core.training.divergence import MAX_OVERFLOW_RUN, DivergenceWatch
+
+METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")  # all but the timings
 
 
 def _spec(**overrides) -> ExperimentSpec:
@@ -19,7 +25,7 @@ def _spec(**overrides) -> ExperimentSpec:
             "train": {"epochs": 3, "batch_size": 16, "lr": 0.05},
             "tracking": {"flush_every": 4, "activation_every": 2}}
     for key, value in overrides.items():
-        spec[key] = {**spec.get(key, {}), **value}
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return ExperimentSpec.model_validate(spec)
 
 
@@ -30,7 +36,7 @@ def _fresh(spec: ExperimentSpec):
 
 def _assert_same_run(a, b):
     for ma, mb in zip(a.history, b.history, strict=True):
-        for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        for key in METRICS:
             assert ma[key] == mb[key], key
     for kind in ("weight", "activation"):
         np.testing.assert_array_equal(a.norms[kind].steps, b.norms[kind].steps)
@@ -78,12 +84,99 @@ def test_train_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert resumed.norms["weight"].steps.tolist() == list(range(4 * full.steps_per_epoch))  # no gap/duplicate
 
 
+class _Store:
+    """A consumer that persists what ``train`` streams, as the server does, and truncates on ``on_resume``."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.rows: dict[str, list[tuple[int, list[float]]]] = {}
+        self.epochs: list[dict] = []
+        self.resumed_at: list[int] = []
+
+    def callbacks(self) -> dict:
+        return {"on_norms": self.on_norms, "on_epoch": self.on_epoch, "on_resume": self.on_resume}
+
+    def on_epoch(self, metrics: dict) -> None:
+        self.epochs.append(metrics)
+
+    def on_norms(self, block: NormBlock) -> None:
+        self.rows.setdefault(block.kind, []).extend(zip(block.steps.tolist(), block.values.tolist(), strict=True))
+
+    def on_resume(self, start_step: int) -> None:
+        self.resumed_at.append(start_step)
+        self.rows = {kind: [r for r in rows if r[0] < start_step] for kind, rows in self.rows.items()}
+        start_epoch = start_step // self.steps_per_epoch
+        self.epochs = [m for m in self.epochs if m["epoch"] < start_epoch]
+
+    def series(self) -> tuple[dict, list]:
+        return self.rows, [{k: m[k] for k in METRICS} for m in self.epochs]
+
+
+# fp16 autocast runs on CPU in this torch; GradScaler("cpu") unscales as on CUDA.
+@pytest.mark.parametrize("train_opts", [{}, {"optimizer": "adam", "lr": 1e-3, "precision": "fp16"}],
+                         ids=["sgd-fp32", "adam-fp16"])
+def test_resumed_stream_equals_uninterrupted_run(tmp_path, train_opts):
+    """Checkpoints every 2 epochs, a cancel in epoch 3 (0-based): epochs 2-3 are streamed twice, and
+    the consumer that truncates at ``on_resume`` ends up with the uninterrupted series exactly."""
+    spec = _spec(train={"epochs": 5, **train_opts}, tracking={"flush_every": 3, "activation_every": 2},
+                 checkpoint_every=2)
+    full = train(_fresh(spec), spec)
+    spe = full.steps_per_epoch
+    reference = _Store(spe)
+    for block in (full.norms["weight"], full.norms["activation"]):
+        reference.on_norms(block)
+    reference.epochs = full.history
+
+    store, steps = _Store(spe), []
+    first = train(_fresh(spec), spec, checkpoint_dir=tmp_path, on_step=lambda info: steps.append(info.step),
+                  should_stop=lambda: len(steps) == 3 * spe + 2, **store.callbacks())
+    assert first.status == "cancelled" and first.start_step == 0 and store.resumed_at == []
+    assert max(s for s, _ in store.rows["weight"]) == 3 * spe + 1  # streamed past the checkpoint (epoch 1)
+    assert [m["epoch"] for m in store.epochs] == [0, 1, 2]
+    seed_everything(123)  # a resumed process starts from other RNG state; the checkpoint must not care
+    resumed = train(build_model(spec.model), spec, checkpoint_dir=tmp_path, **store.callbacks())
+    assert store.resumed_at == [2 * spe] and resumed.start_step == 2 * spe
+    assert [s for s, _ in store.rows["weight"]] == list(range(5 * spe))  # no gap, no duplicate
+    assert store.series() == reference.series()
+    _assert_same_run(full, resumed)
+
+
 def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path):
     spec = _spec(train={"epochs": 1})
     train(_fresh(spec), spec, checkpoint_dir=tmp_path)
-    other = _spec(train={"epochs": 1, "lr": 0.01})
-    with pytest.raises(ValueError, match="different spec"):
-        train(_fresh(other), other, checkpoint_dir=tmp_path)
+    for other in (_spec(train={"epochs": 1, "lr": 0.01}), _spec(model={"width": 0.125}, train={"epochs": 1})):
+        with pytest.raises(ValueError, match="different spec"):  # said before any weight is loaded
+            train(_fresh(other), other, checkpoint_dir=tmp_path)
+
+
+def test_checkpoint_records_the_resolved_spec_as_the_cli_does(tmp_path):
+    """A library run and ``deepgrad-train`` (which resolves family defaults) resume each other's checkpoints."""
+    spec = _spec(train={"epochs": 1})
+    resolved = spec.model_copy(update={"model": spec.model.resolved()})
+    assert resolved != spec
+    for i, (first, then) in enumerate(((spec, resolved), (resolved, spec))):
+        train(_fresh(first), first, checkpoint_dir=tmp_path / str(i))
+        assert read_meta(tmp_path / str(i) / CHECKPOINT_NAME)["spec"] == resolved.model_dump(mode="json")
+        starts: list[int] = []
+        result = train(_fresh(then), then, checkpoint_dir=tmp_path / str(i), on_resume=starts.append)
+        assert starts == [result.steps_per_epoch] == [result.start_step] and len(result.history) == 1
+
+
+def test_train_refuses_data_with_other_classes_than_the_model():
+    spec = _spec(train={"epochs": 1})
+    split = load_split(spec.data, "train", seed=spec.seed)
+    five = dataclasses.replace(split, classes=split.classes[:5])
+    with pytest.raises(ValueError, match="model.num_classes is 10 but train_data has 5 classes"):
+        train(_fresh(spec), spec, train_data=five)
+
+
+def test_train_leaves_the_callers_rng_state_alone():
+    spec = _spec(train={"epochs": 2})  # vgg16: dropout draws from the global generator
+    model = _fresh(spec)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    train(model, spec)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_huge_learning_rate_diverges_and_keeps_what_was_recorded():
@@ -94,6 +187,81 @@ def test_huge_learning_rate_diverges_and_keeps_what_was_recorded():
     weight = result.norms["weight"]
     assert len(weight) > 0 and weight.steps.tolist() == list(range(len(weight)))
     assert len(result.history) < 5
+
+
+class _Poison(torch.autograd.Function):
+    """NaN logits whose gradient is zero: a non-finite loss with finite gradient norms."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.full_like(x, float("nan"))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros_like(grad)
+
+
+def _training_steps(model):
+    """A list whose length is the number of training forward passes so far (the current step + 1)."""
+    steps: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: steps.append(len(steps)) if m.training else None)
+    return steps
+
+
+def _overflow_first_conv(model, when):
+    """Make the first conv's weight gradient infinite at the steps where ``when(step)`` holds."""
+    steps = _training_steps(model)
+    tracked_layers(model)[0].weight.register_hook(
+        lambda g: torch.full_like(g, float("inf")) if when(steps[-1]) else None)
+
+
+def test_nonfinite_loss_diverges_at_its_own_step_not_the_windows_first():
+    spec = _spec(tracking={"flush_every": 4})
+    model = _fresh(spec)
+    steps = _training_steps(model)
+    model.register_forward_hook(lambda m, args, out: _Poison.apply(out) if m.training and steps[-1] == 5 else None)
+    result = train(model, spec)
+    assert result.status == "diverged" and result.diverged_at_step == 5
+    assert np.isfinite(result.norms["weight"].values).all()  # the loss alone told
+
+
+def test_fp16_single_overflowed_step_is_not_divergence():
+    """A GradScaler skips an overflowed step; a flush window holding only that step is routine."""
+    spec = _spec(train={"precision": "fp16", "epochs": 1}, tracking={"flush_every": 1})
+    model = _fresh(spec)
+    _overflow_first_conv(model, lambda step: step == 3)
+    result = train(model, spec)
+    assert result.status == "succeeded" and result.diverged_at_step is None
+    assert 3 in result.norms["weight"].nonfinite_steps  # (the scaler's first growth may overflow too)
+
+
+def test_fp16_sustained_overflow_diverges_where_it_began():
+    spec = _spec(train={"precision": "fp16", "batch_size": 4, "epochs": 2}, tracking={"flush_every": 5})
+    model = _fresh(spec)
+    _overflow_first_conv(model, lambda step: step >= 3)
+    result = train(model, spec)
+    assert result.status == "diverged" and result.diverged_at_step == 3
+    assert result.norms["weight"].steps[-1] < 3 + MAX_OVERFLOW_RUN + 5  # stopped at the flush that saw it
+
+
+def _block(steps, finite):
+    values = np.where(np.asarray(finite)[:, None], 1.0, np.inf).astype(np.float32)
+    return NormBlock("weight", np.asarray(steps, np.int64), ("conv1",), values)
+
+
+def test_divergence_watch_rules():
+    plain = DivergenceWatch(scaled=False)
+    assert plain.check(_block([0, 1], [True, True])) is None
+    assert plain.check(_block([2, 3, 4], [True, False, False]))[0] == 3
+    assert DivergenceWatch(scaled=False).check(_block([0, 1], [True, True]), first_bad_loss=1)[0] == 1
+
+    scaled = DivergenceWatch(scaled=True, max_overflow_run=4)
+    assert scaled.check(_block([0], [False])) is None  # one overflowed step alone: routine
+    assert scaled.check(_block([1, 2], [False, True])) is None  # a finite step ends the run
+    assert scaled.check(_block([3, 4], [False, False])) is None
+    assert scaled.check(_block([5], [False])) is None  # 3 in a row, across blocks
+    assert scaled.check(_block([6, 7], [False, True])) == (3, "4 overflowed steps in a row")
+    assert DivergenceWatch(scaled=True).check(_block([8], [True]), first_bad_loss=8)[0] == 8
 
 
 def test_should_stop_cancels_between_steps():
