@@ -15,31 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from deepgrad_core.analysis import cost_report
-from deepgrad_core.data import DataError, ImageSplit, default_data_root, load_split
-from deepgrad_core.device import choose_device
-from deepgrad_core.models import build_model
-from deepgrad_core.norms import NormBlock
 from deepgrad_core.spec import ExperimentSpec
-from deepgrad_core.training import TrainResult, seed_everything, train
-from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 
-log = logging.getLogger("deepgrad_core.cli")
-
-OUTPUTS = ("spec.json", "history.json", "result.json")
+# What the plain (client-only) install lacks; running needs them, parsing and validating a spec does not.
+SERVER_EXTRA_MODULES = ("torch", "torchvision", "safetensors", "PIL")
 
 
 class CliError(Exception):
@@ -52,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse has already said why
         return int(exc.code or 0)
+    try:
+        from deepgrad_core.local_run import run  # torch and the rest of the server extra
+    except ImportError as err:
+        if err.name not in SERVER_EXTRA_MODULES:
+            raise
+        sys.stderr.write(f"deepgrad-train needs the server extra: pip install 'deepgrad[server]' "
+                         f"({err.name} is not installed)\n")
+        return 2
     # Progress and library messages go to stderr, through a handler that lives for this call only.
     handler, package = logging.StreamHandler(sys.stderr), logging.getLogger("deepgrad_core")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -59,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     package.addHandler(handler)
     package.setLevel(logging.INFO)
     try:
-        return _run(args)
+        return run(args)
     except CliError as err:
         message, code = err.args
         sys.stderr.write(f"deepgrad-train: error: {message}\n")
@@ -78,30 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, help="ExperimentSpec file, e.g. specs/quickstart.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one spec field (value read as YAML: 0.01, true, null, text); repeatable")
-    p.add_argument("--data-root", type=Path, help=f"data sets folder (default {default_data_root()})")
+    p.add_argument("--data-root", type=Path,
+                   help="data sets folder (default $DEEPGRAD_DATA_ROOT, else ~/.deepgrad/data)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     p.add_argument("--out", type=Path, help="output folder (default runs/<spec file stem>)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore a checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print result.json to stdout instead of a summary")
     return p
-
-
-def _run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, args.overrides)
-    device = _device(args.device)
-    train_data, test_data = _load_data(spec, args.data_root)
-    out = args.out if args.out is not None else Path("runs") / args.spec.stem
-    _prepare_out(out, spec, resume=args.resume)
-    seed_everything(spec.seed)
-    model = build_model(spec.model).to(device)
-    size = spec.data.image_size or 32
-    cost = cost_report(model, (spec.model.in_channels, size, size), measure_peak=device.type == "cuda")
-    log.info("%s: %.2fM params, %.3f GFLOP/image; %d train / %d test images on %s; writing to %s", spec.model.arch,
-             cost.total_params / 1e6, cost.flops_per_image / 1e9, len(train_data), len(test_data), device, out)
-    result = _train(model, spec, device, train_data, test_data, out, resume=args.resume)
-    report = _write_outputs(out, result, cost.to_dict())
-    sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else summary_text(report, out))
-    return _exit_code(result, out)
 
 
 def load_spec(path: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
@@ -157,143 +135,9 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {msg}"
 
 
-def _device(name: str | None) -> torch.device:
-    try:
-        return choose_device(name)
-    except RuntimeError as err:  # torch.device("gpu"): not a device string at all
-        raise CliError(f"--device {name!r}: {err}", 2) from err
-    except ValueError as err:  # cuda requested on a machine without it
-        raise CliError(str(err), 1) from err
-
-
-def _load_data(spec: ExperimentSpec, root: Path | None) -> tuple[ImageSplit, ImageSplit]:
-    """Both splits, loaded before anything is written so a missing data set leaves no output behind."""
-    try:
-        return tuple(load_split(spec.data, split, root=root, in_channels=spec.model.in_channels, seed=spec.seed)
-                     for split in ("train", "test"))
-    except DataError as err:
-        raise CliError(f"{err}\n(data root: {root or default_data_root()}; change it with --data-root "
-                       f"or $DEEPGRAD_DATA_ROOT)", 1) from err
-
-
-def _prepare_out(out: Path, spec: ExperimentSpec, *, resume: bool) -> None:
-    """Refuse to resume another spec's checkpoint; on a fresh start drop the previous run's files."""
-    ckpt, spec_file = out / "checkpoint" / CHECKPOINT_NAME, out / "spec.json"
-    resolved = spec.model_dump(mode="json")
-    if resume and ckpt.exists() and (not spec_file.exists() or json.loads(spec_file.read_text()) != resolved):
-        raise CliError(f"{out} holds a checkpoint of a different spec (see {spec_file}); pass --no-resume "
-                       "to start over there, or choose another --out", 2)
-    if not resume:
-        for stale in [ckpt, *(out / name for name in OUTPUTS), *out.glob("norms_*.csv")]:
-            stale.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(json.dumps(resolved, indent=2) + "\n")
-
-
-def _train(model: torch.nn.Module, spec: ExperimentSpec, device: torch.device, train_data: ImageSplit,
-           test_data: ImageSplit, out: Path, *, resume: bool) -> TrainResult:
-    trained: list[dict[str, Any]] = []  # epochs run by this invocation (a resumed run skips the others)
-
-    def on_epoch(m: dict[str, Any]) -> None:
-        trained.append(m)
-        log.info(f"epoch {m['epoch'] + 1}/{spec.train.epochs}  train loss {m['train_loss']:.4f} acc "
-                 f"{m['train_acc']:6.1%}  test loss {m['test_loss']:.4f} acc {m['test_acc']:6.1%}  lr "
-                 f"{m['lr']:.3g}  {m['images_per_sec']:.0f} img/s  {m['seconds']:.1f} s")
-
-    with _cancel_on_sigint() as should_stop:
-        result = train(model, spec, device=device, train_data=train_data, test_data=test_data, on_epoch=on_epoch,
-                       should_stop=should_stop, checkpoint_dir=out / "checkpoint", resume=resume)
-    if not trained and result.status == "succeeded":
-        log.info("all %d epochs were already done (checkpoint in %s): nothing trained, final metrics "
-                 "re-evaluated; pass --no-resume to train again", len(result.history), out / "checkpoint")
-    return result
-
-
-@contextmanager
-def _cancel_on_sigint() -> Iterator[Callable[[], bool]]:
-    """``should_stop`` for ``train``: a first Ctrl-C stops after the current step, a second at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield stop.is_set
-        return
-
-    def on_sigint(_signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        log.warning("Ctrl-C: stopping after the current step (press again to abort at once)")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield stop.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _write_outputs(out: Path, result: TrainResult, cost: dict[str, Any]) -> dict[str, Any]:
-    """Write history, norms and result files; return result.json's content."""
-    norm_files = write_norms_csv(out, result.norms)
-    report = _finite({"status": result.status, "diverged_at_step": result.diverged_at_step,
-              "epochs_completed": len(result.history), "final": result.final, "per_class": result.per_class,
-              "confusion": result.confusion, "summary": result.summary, "environment": result.environment,
-              "steps_per_epoch": result.steps_per_epoch, "layers": result.layers, "cost": cost,
-              "spec": result.spec.model_dump(mode="json"),
-              "files": [*OUTPUTS, *norm_files, f"checkpoint/{CHECKPOINT_NAME}"]})
-    (out / "history.json").write_text(json.dumps(_finite(result.history), indent=2) + "\n")
-    (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def write_norms_csv(out: Path, norms: dict[str, NormBlock | None]) -> list[str]:
-    """``norms_<kind>.csv`` per recorded kind: ``step`` then one column per layer (nan/inf as such)."""
-    written = []
-    for kind, block in norms.items():
-        path = out / f"norms_{kind}.csv"
-        if block is None:
-            path.unlink(missing_ok=True)  # a stale file from an earlier run would be misleading
-            continue
-        table = np.column_stack([block.steps.astype(np.float64), block.values.astype(np.float64)])
-        # %.9g round-trips float32 exactly; one format string per row is savetxt's fast path.
-        np.savetxt(path, table, fmt=["%d"] + ["%.9g"] * len(block.layers), delimiter=",",
-                   header=",".join(("step", *block.layers)), comments="")
-        written.append(path.name)
-    return written
-
-
-def _finite(obj: Any) -> Any:
-    """The same JSON tree with NaN/inf as None: strict JSON (and so JavaScript, jq) has no NaN."""
-    return json.loads(json.dumps(obj), parse_constant=lambda _: None)
-
-
-def summary_text(report: dict[str, Any], out: Path) -> str:
-    """A few lines for a person: accuracy, the vanishing verdicts, where the files are."""
-    spec, final, summary = report["spec"], report["final"], report["summary"]
-    lines = [f"{spec['model']['arch']} on {spec['data']['name']}: {report['status']} after "
-             f"{report['epochs_completed']}/{spec['train']['epochs']} epochs"]
-    if final.get("test_acc") is not None:
-        lines.append(f"  test accuracy      {final['test_acc']:.1%} (best {final['best_test_acc']:.1%} "
-                     f"after epoch {final['best_epoch'] + 1})")
-    for kind in ("weight", "activation"):
-        s, label = summary.get(kind) or {}, f"{kind} grads"
-        ratio = s.get("first_last_ratio")
-        lines.append(f"  {label:<18} no first/last-layer ratio recorded" if ratio is None else
-                     f"  {label:<18} first/last-layer ratio {ratio:.2e}: "
-                     f"{'VANISHING' if s['vanishing'] else 'not vanishing'} (threshold {s['fraction']:g})")
-    lines.append(f"  files              {out}/ ({', '.join(report['files'][:-1])})")
-    return "\n".join(lines) + "\n"
-
-
-def _exit_code(result: TrainResult, out: Path) -> int:
-    if result.status == "diverged":
-        sys.stderr.write(f"deepgrad-train: run diverged at step {result.diverged_at_step} (non-finite loss or "
-                         "gradient norms); try a lower train.lr, train.grad_clip or fp32 precision\n")
-        return 1
-    if result.status == "cancelled":
-        sys.stderr.write(f"deepgrad-train: stopped after {len(result.history)} complete epoch(s); results so "
-                         f"far are in {out}; run the same command again to resume\n")
-        return 130
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module, the one deepgrad_core.local_run imports: a second
+    # copy (this __main__) would define a second CliError class that main could not catch.
+    from deepgrad_core.cli import main as package_main
+
+    sys.exit(package_main())

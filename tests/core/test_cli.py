@@ -202,6 +202,24 @@ def test_cli_ctrl_c_stops_cleanly_exits_130(tmp_path: Path) -> None:
     assert (out / "checkpoint" / "last.safetensors").is_file() and (out / "norms_weight.csv").is_file()
 
 
+def test_cli_without_torch_says_which_extra_exits_2(tiny: Path, tmp_path: Path) -> None:
+    """The plain (client-only) install has the console script but no torch: one line, no traceback."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from deepgrad_core.cli import main\n"
+            f"sys.exit(main([{str(tiny)!r}, '--out', {str(tmp_path / 'out')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["deepgrad-train needs the server extra: pip install 'deepgrad[server]' "
+                                        "(torch is not installed)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_as_module_reports_errors_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "deepgrad_core.cli", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_specs_parse_as_experiment_spec(path: Path) -> None:
     assert isinstance(load_spec(path), ExperimentSpec)
