@@ -1,0 +1,70 @@
+"""What a figure is drawn from: one job's stored data, as the server keeps it and a training run returns it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deepgrad_core.norms import NormBlock
+
+
+class PlotDataError(ValueError):
+    """The data a figure needs are not there (yet): no activation norms, no finished epoch, no filters.
+
+    The request was well formed; the server answers 404 (never recorded) or 409 (not yet).
+    """
+
+
+@dataclass
+class JobData:
+    """One job's data for plotting; a running job's partial data are fine.
+
+    ``layers``: tracked layers in depth order, dicts with ``name``, ``path``, ``kind``, ``depth``
+    (``TrainResult.layers``). ``series``: norm kind (``weight``, ``activation``, ``global``) -> block;
+    kinds never recorded may be missing or None. ``history``: per-epoch metric dicts
+    (``TrainResult.history``, ``epoch`` 0-based). ``cost``: ``CostReport.to_dict()``. ``filters``: the
+    first conv layer's filters as ``first_layer_filters`` returns them, ``[N, kh, kw, C]`` with C 1 or 3.
+    ``state``: the job's state (``succeeded``, ``running``, ...), shown in titles unless ``succeeded``.
+    """
+
+    name: str
+    layers: list[dict[str, Any]]
+    steps_per_epoch: int
+    series: dict[str, NormBlock | None] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    cost: dict[str, Any] | None = None
+    filters: np.ndarray | None = None
+    state: str = "succeeded"
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+
+    @classmethod
+    def from_result(cls, result: Any, name: str, cost: Any = None, filters: np.ndarray | None = None) -> JobData:
+        """From a ``TrainResult``; ``cost`` may be a ``CostReport`` or its ``to_dict()``."""
+        if cost is not None and hasattr(cost, "to_dict"):
+            cost = cost.to_dict()
+        return cls(name=name, layers=list(result.layers), steps_per_epoch=result.steps_per_epoch,
+                   series={k: b for k, b in result.norms.items() if b is not None},
+                   history=list(result.history), cost=cost, filters=filters, state=result.status)
+
+    def block(self, kind: str) -> NormBlock:
+        """The ``kind`` norms, or PlotDataError when none were recorded yet."""
+        block = self.series.get(kind)
+        if block is None or len(block) == 0:
+            recorded = sorted(k for k, b in self.series.items() if b is not None and len(b))
+            hint = f"recorded: {recorded}" if recorded else "no norms recorded yet"
+            raise PlotDataError(f"job {self.name!r} has no {kind} gradient norms ({hint})")
+        return block
+
+    def depth_of(self, layer: str, default: int) -> int:
+        """A layer's depth as the tracker numbered it (``default`` for a name it does not know)."""
+        return next((int(la["depth"]) for la in self.layers if la.get("name") == layer), default)
+
+    @property
+    def title_state(self) -> str:
+        """`` (running)`` and the like for titles; empty for a finished job."""
+        return "" if self.state == "succeeded" else f" ({self.state})"

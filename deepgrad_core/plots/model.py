@@ -1,0 +1,92 @@
+"""Figures of the model itself: the first conv layer's filters, and what each layer costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from deepgrad_core.plots.canvas import job_title, log_axis, new_figure, set_title
+from deepgrad_core.plots.job import JobData, PlotDataError
+
+
+def require_filters(job: JobData) -> np.ndarray:
+    """The job's filters as ``[N, kh, kw, C]`` (C 1 or 3), or PlotDataError."""
+    if job.filters is None or len(job.filters) == 0:
+        raise PlotDataError(f"job {job.name!r} has no first-layer filters yet (they are saved with a checkpoint)")
+    filters = np.asarray(job.filters, dtype=np.float32)
+    if filters.ndim != 4 or filters.shape[-1] not in (1, 3):
+        raise ValueError(f"filters must be [N, kh, kw, C] with C 1 or 3 (first_layer_filters' layout), "
+                         f"got shape {filters.shape}")
+    return filters
+
+
+def draw_filters(ax: Axes, filters: np.ndarray, *, ncols: int | None = None) -> None:
+    """Tile filters into one image: grayscale for one channel, RGB for three; each filter scaled to [0, 1]."""
+    # filter_grid lives beside first_layer_filters, whose module imports torch: import it only when drawing.
+    from deepgrad_core.analysis.filters import filter_grid
+
+    finite = np.isfinite(filters)
+    axes = (1, 2, 3)
+    low = np.where(finite, filters, np.inf).min(axis=axes, keepdims=True)
+    high = np.where(finite, filters, -np.inf).max(axis=axes, keepdims=True)
+    usable = finite.any(axis=axes, keepdims=True) & (high > low)  # else the filter is drawn flat grey
+    span = np.where(usable, high - low, 1.0)
+    scaled = np.where(usable & finite, (filters - np.where(usable, low, 0.0)) / span, 0.5)
+    grid = filter_grid(np.clip(scaled, 0, 1), pad=1, ncols=ncols, background=1.0)
+    if grid.shape[-1] == 1:
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def filters_figure(job: JobData) -> Figure:
+    """The first conv layer's filters as a grid of images."""
+    filters = require_filters(job)
+    n, kh, kw, c = filters.shape
+    fig = new_figure(figsize=(7.0, 7.0))
+    draw_filters(fig.add_subplot(), filters)
+    colour = "RGB" if c == 3 else "grayscale"
+    set_title(fig, job_title(job, "first conv layer filters"),
+              [f"{n} filters of {kh}x{kw}, {colour}, each scaled to its own min..max"])
+    return fig
+
+
+def _si(total: float) -> str:
+    """``11.3 M``, ``950 k``, ``12``."""
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if total >= div:
+            return f"{total / div:.3g} {prefix}"
+    return f"{total:.3g}"
+
+
+def cost_figure(job: JobData) -> Figure:
+    """Parameters and FLOPs per tracked layer, side by side, on log axes (they span orders of magnitude)."""
+    layers: list[dict[str, Any]] = (job.cost or {}).get("layers") or []
+    if not layers:
+        raise PlotDataError(f"job {job.name!r} has no cost report")
+    names = [la["name"] for la in layers]
+    fig = new_figure(figsize=(9.0, max(4.0, 1.2 + 0.22 * len(names))))
+    axes = fig.subplots(1, 2, sharey=True)
+    rows = np.arange(len(names))
+    for ax, key, label, color in ((axes[0], "params", "parameters", "tab:blue"),
+                                  (axes[1], "flops", "FLOPs per image", "tab:orange")):
+        values = np.array([float(la.get(key) or 0) for la in layers])
+        ax.barh(rows, np.where(values > 0, values, np.nan), color=color)
+        log_axis(ax, "x")
+        ax.set_xlabel(label)
+        ax.set_title(f"{label} (tracked layers: {_si(values.sum())})", fontsize=10)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+    axes[0].set_yticks(rows, names, fontsize=8)
+    axes[0].invert_yaxis()  # input side at the top
+    axes[0].set_ylabel("layer")
+    cost = job.cost or {}
+    whole = [f"{_si(cost['total_params'])} parameters" if cost.get("total_params") else "",
+             f"{_si(cost['flops_per_image'])} FLOPs per image" if cost.get("flops_per_image") else ""]
+    whole = [w for w in whole if w]
+    set_title(fig, job_title(job, "cost per tracked layer"), ["whole model: " + ", ".join(whole)] if whole else [])
+    return fig
