@@ -37,7 +37,7 @@ DEFAULT_IMAGE_SIDE = 32
 # VGG halves the image side five times: 32 -> 16 -> 8 -> 4 -> 2 -> 1; from 31 down a pooling meets 0 pixels.
 VGG_MIN_IMAGE_SIDE = 32
 
-_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "vgg16": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
     "vgg_deep": {"batch_norm": False, "dropout": 0.0, "residual": False, "extra_convs": 4},
     "resnet18": {"batch_norm": True, "dropout": 0.0, "residual": True, "extra_convs": 0},
@@ -87,7 +87,7 @@ class ModelSpec(_Spec):
 
     def resolved(self) -> ModelSpec:
         """The same spec with every family default written out (what a stored result records)."""
-        filled = {k: v for k, v in _FAMILY_DEFAULTS[self.arch].items() if getattr(self, k) is None}
+        filled = {k: v for k, v in FAMILY_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         return self.model_copy(update=filled)
 
 

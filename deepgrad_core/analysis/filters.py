@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
-from deepgrad_core.models.tracked import tracked_layers
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def first_layer_filters(model: nn.Module) -> np.ndarray:
@@ -17,6 +18,10 @@ def first_layer_filters(model: nn.Module) -> np.ndarray:
     one channel. Each filter is min-max scaled on its own (a constant filter becomes 0.5), so
     the images show each filter's pattern, not its magnitude: ready for ``plt.imshow``.
     """
+    from torch import nn  # here, not at the top: filter_grid (plots, the server) must not import torch
+
+    from deepgrad_core.models.tracked import tracked_layers
+
     convs = tracked_layers(model, ("conv",))
     if not convs:
         raise ValueError(f"{type(model).__name__} has no trainable conv layer, so it has no first-layer "

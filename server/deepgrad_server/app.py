@@ -1,0 +1,57 @@
+"""The FastAPI application: ``create_app(settings)``; the lifespan opens the store and starts the worker."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from deepgrad_server import __version__
+from deepgrad_server.db import Database
+from deepgrad_server.limits import BodySizeLimit
+from deepgrad_server.plot_cache import PlotCache
+from deepgrad_server.routes import api_router
+from deepgrad_server.settings import Settings
+from deepgrad_server.worker import Worker
+
+log = logging.getLogger("deepgrad_server")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API, with the store opened and (when ``settings.worker``) the embedded worker running."""
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.db = Database(settings.resolved_database_url)
+        token, generated = settings.ensure_token()
+        app.state.token = token
+        if generated:  # printed once, on the first start; afterwards it is in the file only
+            sys.stderr.write(f"DeepGrad API token (stored in {settings.data_dir / 'token'}, mode 0600):\n"
+                             f"    {token}\n")
+        elif token is None:
+            log.warning("auth is disabled: anyone who can reach %s:%d can run jobs", settings.host, settings.port)
+        app.state.worker = Worker(settings, app.state.db) if settings.worker else None
+        if app.state.worker is not None:
+            app.state.worker.start()
+        gc.freeze()  # startup objects never die: keep the collector's passes short while rendering plots
+        try:
+            yield
+        finally:
+            if app.state.worker is not None:
+                app.state.worker.stop()
+            app.state.db.dispose()
+
+    app = FastAPI(title="DeepGrad", version=__version__, lifespan=lifespan,
+                  description="Train CNNs and watch their per-layer gradient norms. Every endpoint but "
+                              "/health needs `Authorization: Bearer <token>`.")
+    app.state.settings = settings
+    app.state.plot_cache = PlotCache()
+    app.include_router(api_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

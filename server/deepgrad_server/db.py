@@ -1,0 +1,71 @@
+"""Engine and sessions.
+
+SQLite runs in WAL mode with a busy timeout, so the API keeps reading while a job's process writes.
+Write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes
+can fail at once with "database is locked" when another writer got in between (the busy timeout
+cannot help there); taking the write lock up front makes writers queue politely instead. Reads use a
+plain deferred ``BEGIN`` and never wait for writers. Other databases (PostgreSQL) are used as
+SQLAlchemy configures them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from deepgrad_server.models import Base
+
+BUSY_TIMEOUT_S = 60.0
+
+
+class Database:
+    """An engine plus two session factories: ``reading()`` and ``writing()`` (commits at the end)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(self.engine)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A session whose work commits when the block ends (rolled back on an exception)."""
+        with self._write() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 (a DB-API connection)
+    # The driver's own transaction handling would defer BEGIN past our control; the "begin" event issues it.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: a process crash loses nothing committed
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:  # noqa: ANN001 (a SQLAlchemy Connection)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")

@@ -1,0 +1,54 @@
+"""Dependencies as named aliases: the store, the settings, the token check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from deepgrad_server import store
+from deepgrad_server.db import Database
+from deepgrad_server.models import Job
+from deepgrad_server.schemas import JOB_ID_PATTERN
+from deepgrad_server.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="the token in <data dir>/token, or $DEEPGRAD_TOKEN")
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_token(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """401 unless the request carries the server's bearer token (compared in constant time)."""
+    expected: str | None = request.app.state.token
+    if expected is None:  # auth disabled (loopback only: Settings refuses anything else)
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing bearer token: send 'Authorization: "
+                            "Bearer <token>' (the token is in the server's data directory, file 'token')",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="12 lowercase hex characters")]
+
+
+def load_job(db: Database, job_id: str) -> Job:
+    """The job, or 404 naming the id."""
+    with db.reading() as s:
+        job = store.get_job(s, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
+    return job

@@ -1,0 +1,49 @@
+"""``deepgrad-server``: the API and its embedded worker, with settings from DEEPGRAD_* / .env or flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deepgrad-server", description="Run the DeepGrad API and its worker. "
+                                     "Every option is also a DEEPGRAD_* environment variable (see README).")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--data-dir", type=Path, help="database, token and checkpoints (default ~/.deepgrad)")
+    parser.add_argument("--data-root", type=Path, help="data sets by name (default <data dir>/data)")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    parser.add_argument("--no-worker", action="store_true", help="serve the API only; run no jobs here")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir,
+                                   "data_root": args.data_root, "device": args.device}.items() if v is not None}
+    if args.no_worker:
+        overrides["worker"] = False
+
+    from deepgrad_server.settings import Settings
+
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as err:
+        sys.stderr.write("deepgrad-server: invalid settings:\n" + "\n".join(
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors()) + "\n")
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    import uvicorn
+
+    from deepgrad_server.app import create_app
+
+    sys.stderr.write(f"DeepGrad server: data in {settings.data_dir}, data sets in {settings.resolved_data_root}\n")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Database tables. Norm series are stored as blocks of steps (one row per job, kind and flush),
+each holding int64 step numbers and a float32 ``[steps x layers]`` array, never one row per value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "diverged"})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # queue order
+    id: Mapped[str] = mapped_column(String(12), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(String(2000))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    final: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    per_class: Mapped[list[Any] | None] = mapped_column(JSON)
+    confusion: Mapped[list[Any] | None] = mapped_column(JSON)
+    layers: Mapped[list[Any] | None] = mapped_column(JSON)
+    norm_layers: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # kind -> column names of its blocks
+    steps_per_epoch: Mapped[int | None] = mapped_column(Integer)
+    diverged_at_step: Mapped[int | None] = mapped_column(Integer)
+    filters: Mapped[bytes | None] = mapped_column(LargeBinary)  # .npy bytes, float32 [N, kh, kw, C]
+
+
+class NormChunk(Base):
+    __tablename__ = "norm_chunks"
+    __table_args__ = (Index("ix_norm_chunks_job_kind_step", "job_id", "kind", "first_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    n_layers: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)  # int64 [n]
+    values: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [n, n_layers], row-major
+
+
+class EpochMetric(Base):
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (UniqueConstraint("job_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)

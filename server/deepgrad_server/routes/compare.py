@@ -1,0 +1,45 @@
+"""Several jobs side by side: metrics aligned by epoch, gradient norms aligned by relative depth."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query
+
+from deepgrad_server import store
+from deepgrad_server.deps import DbDep, load_job
+from deepgrad_server.jobdata import last_epoch_means, layer_info
+from deepgrad_server.routes.plots import parse_ids
+
+router = APIRouter(tags=["compare"])
+
+EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@router.get("/compare")
+def compare(db: DbDep, ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")]
+            ) -> dict[str, Any]:
+    """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth."""
+    jobs = [load_job(db, i) for i in parse_ids(ids)]
+    rows, histories, by_depth = [], {}, {}
+    for job in jobs:
+        with db.reading() as s:
+            histories[job.id] = {m["epoch"]: m for m in store.epochs(s, job_id=job.id)}
+            block = store.load_norms(s, job_id=job.id, kind="weight")
+        cost = job.cost or {}
+        final = job.final or {}
+        rows.append({"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
+                     "arch": job.spec["model"]["arch"], "spec": job.spec, "final": job.final, "summary": job.summary,
+                     "params": cost.get("total_params"), "flops_per_image": cost.get("flops_per_image"),
+                     "seconds": final.get("seconds", sum(m.get("seconds", 0) for m in histories[job.id].values())),
+                     "epochs_completed": len(histories[job.id])})
+        means = last_epoch_means(block, job.steps_per_epoch or 1)
+        by_depth[job.id] = [] if means is None else [
+            {"layer": info["name"], "depth": info["depth"], "relative_depth": info["relative_depth"],
+             "mean_norm": float(m) if np.isfinite(m) else None}
+            for info, m in zip(layer_info(job, block.layers), means, strict=True)]
+    epochs = sorted({e for h in histories.values() for e in h})
+    by_epoch = [{"epoch": e, "jobs": {jid: ({k: h[e].get(k) for k in EPOCH_FIELDS} if e in h else None)
+                                      for jid, h in histories.items()}} for e in epochs]
+    return {"jobs": rows, "by_epoch": by_epoch, "by_depth": by_depth}

@@ -1,0 +1,164 @@
+"""Jobs: submit, list, read, cancel, delete, epoch metrics and live progress events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+
+from deepgrad_server import store
+from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
+from deepgrad_server.models import TERMINAL
+from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, JobState, MetricsPublic, job_public
+from deepgrad_server.settings import Settings
+
+router = APIRouter(tags=["jobs"])
+
+EVENTS_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                                              description="a retried POST with the same key returns the same job")]
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Response,
+               idempotency_key: IdempotencyKey = None) -> JobPublic:
+    """Queue a training job (201); a retried POST with the same Idempotency-Key returns the same job (200)."""
+    _check_limits(body, settings)
+    spec = body.model_copy(update={"model": body.model.resolved()}).model_dump(mode="json", exclude={"name"})
+    name = body.name or f"{body.model.arch}-{body.data.name}"
+    try:
+        with db.writing() as s:
+            job, created = store.create_job(s, spec=spec, name=name, idempotency_key=idempotency_key,
+                                            max_queued=settings.max_queued)
+    except store.QueueFull as err:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(err), headers={"Retry-After": "30"}) from err
+    except store.IdempotencyConflict as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
+    response.headers["Location"] = f"/jobs/{job.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job_public(job)
+
+
+def _check_limits(body: JobCreate, settings: Settings) -> None:
+    """422, FastAPI-style, for what the spec allows but this server's settings do not."""
+    errors = []
+    for loc, value, limit, setting in ((("train", "epochs"), body.train.epochs, settings.max_epochs, "MAX_EPOCHS"),
+                                       (("train", "batch_size"), body.train.batch_size, settings.max_batch_size,
+                                        "MAX_BATCH_SIZE"),
+                                       (("model", "width"), body.model.width, settings.max_width, "MAX_WIDTH")):
+        if value > limit:
+            errors.append({"type": "less_than_equal", "loc": ("body", *loc), "input": value,
+                           "msg": f"this server allows at most {limit} (DEEPGRAD_{setting})", "ctx": {"le": limit}})
+    if errors:
+        raise RequestValidationError(errors)
+
+
+@router.get("/jobs", response_model=JobsPublic)
+def list_jobs(db: DbDep, state: JobState | None = None, name: Annotated[str | None, Query(max_length=100)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+    """Jobs, newest first, filtered by state and by a substring of the name."""
+    with db.reading() as s:
+        jobs, count = store.list_jobs(s, state=state, name=name, limit=limit, offset=offset)
+    return JobsPublic(data=[job_public(j) for j in jobs], count=count)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def get_job(job_id: JobId, db: DbDep) -> JobPublic:
+    """One job: spec, state, progress, timings, environment, final metrics, summary."""
+    return job_public(load_job(db, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def cancel_job(job_id: JobId, db: DbDep) -> JobPublic:
+    """Cancel a queued job now, a running one within a few seconds (its worker stops it)."""
+    with db.writing() as s:
+        job = store.request_cancel(s, job_id=job_id)
+        if job is None:
+            existing = store.get_job(s, job_id=job_id)
+    if job is None:
+        if existing is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} already ended ({existing.state})")
+    return job_public(job)
+
+
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: JobId, db: DbDep, settings: SettingsDep, request: Request) -> Response:
+    """Remove a finished job, its series, metrics and checkpoint."""
+    with db.writing() as s:
+        job = store.get_job(s, job_id=job_id)
+        if job is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id!r}")
+        if job.state not in TERMINAL:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is {job.state}: cancel it first "
+                                f"(POST /jobs/{job_id}/cancel), then delete it")
+        store.delete_job(s, job_id=job_id)
+    shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)  # the id is 12 hex characters: no traversal
+    request.app.state.plot_cache.drop(job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPublic)
+def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
+    """Epoch history (epoch counted from 0), final metrics, per-class report and confusion matrix."""
+    job = load_job(db, job_id)
+    with db.reading() as s:
+        history = store.epochs(s, job_id=job_id)
+    return MetricsPublic(job_id=job.id, state=job.state, epochs=history, final=job.final, per_class=job.per_class,
+                         confusion=job.confusion)
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+async def job_events(job_id: JobId, db: DbDep, request: Request) -> StreamingResponse:
+    """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job."""
+    await anyio.to_thread.run_sync(load_job, db, job_id)  # 404 before the stream starts
+    return StreamingResponse(_event_stream(job_id, db, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _read(db: Any, job_id: str) -> Any:
+    with db.reading() as s:
+        return store.get_job(s, job_id=job_id)
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+async def _event_stream(job_id: str, db: Any, request: Request) -> AsyncIterator[str]:
+    last_state: tuple | None = None
+    last_progress: Any = None
+    last_sent = time.monotonic()
+    while True:
+        job = await anyio.to_thread.run_sync(_read, db, job_id)
+        if job is None:
+            yield _sse("end", {"id": job_id, "state": "deleted"})
+            return
+        if (job.state, job.reason) != last_state:
+            last_state = (job.state, job.reason)
+            yield _sse("state", {"state": job.state, "reason": job.reason, "message": job.message})
+            last_sent = time.monotonic()
+        if job.progress and job.progress != last_progress:
+            last_progress = job.progress
+            public = job_public(job).progress
+            yield _sse("progress", {**public.model_dump(mode="json"), "state": job.state})
+            last_sent = time.monotonic()
+        if job.state in TERMINAL:
+            yield _sse("end", job_public(job).model_dump(mode="json"))
+            return
+        if time.monotonic() - last_sent > KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        if await request.is_disconnected():
+            return
+        await anyio.sleep(EVENTS_POLL_S)

@@ -1,0 +1,89 @@
+"""Rendered figures as PNG: one job's, or several compared. Finished jobs' figures are cached."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+
+from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, PlotDataError, render_compare, render_job, to_png
+from deepgrad_server.deps import DbDep, JobId, load_job
+from deepgrad_server.jobdata import job_data
+from deepgrad_server.models import TERMINAL
+from deepgrad_server.schemas import JOB_ID_PATTERN
+
+router = APIRouter(tags=["plots"])
+
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+MAX_COMPARE = 12
+Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
+Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*\d+(\s*,\s*\d+)*\s*$",
+                                     description="comma-separated epochs counted from 1 (depth)")]
+
+
+def parse_ids(ids: str) -> list[str]:
+    """Comma-separated job ids, each 12 hex characters, 1..12 of them, duplicates dropped."""
+    parts = list(dict.fromkeys(p.strip() for p in ids.split(",") if p.strip()))
+    bad = [p for p in parts if not re.fullmatch(JOB_ID_PATTERN, p)]
+    if bad or not 1 <= len(parts) <= MAX_COMPARE:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            detail=f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters"
+                                   + (f"; not ids: {bad[:5]}" if bad else ""))
+    return parts
+
+
+def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool, render) -> Response:  # noqa: ANN001
+    cache = request.app.state.plot_cache
+    png = cache.get(key) if cacheable else None
+    if png is None:
+        try:
+            png = to_png(render())
+        except PlotDataError as err:
+            raise HTTPException(status.HTTP_404_NOT_FOUND if cacheable else status.HTTP_409_CONFLICT,
+                                detail=str(err)) from err
+        except ValueError as err:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(err)) from err
+        if cacheable:
+            cache.put(key, ids, png)
+    return Response(png, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600" if cacheable else "no-store"})
+
+
+def _epochs(text: str | None) -> list[int] | None:
+    return [int(e) for e in text.split(",")] if text else None
+
+
+def _names(text: str | None) -> list[str] | None:
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else []
+    return names or None
+
+
+@router.get("/jobs/{job_id}/plots/{kind}.png", response_class=Response, responses=PNG)
+def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Request,
+             norm_kind: Literal["weight", "activation", "global"] = "weight", layers: Layers = None,
+             epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
+             max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000) -> Response:
+    """One job's figure: norms, selected, heatmap, depth, metrics, filters or cost."""
+    job = load_job(db, job_id)
+    if job.state == "queued":
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
+    key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points)
+    return _png(request, key, frozenset([job_id]), job.state in TERMINAL,
+                lambda: render_job(kind, job_data(db, job), norm_kind=norm_kind, layers=_names(layers),
+                                   epochs=_epochs(epochs), smooth=smooth, max_points=max_points))
+
+
+@router.get("/compare/plots/{kind}.png", response_class=Response, responses=PNG)
+def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request,
+                 ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")],
+                 norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None) -> Response:
+    """Several jobs on one figure: metrics, depth (relative depth 0..1) or filters."""
+    jobs = [load_job(db, i) for i in parse_ids(ids)]
+    queued = [j.id for j in jobs if j.state == "queued"]
+    if queued:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
+    key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs)
+    return _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
+                lambda: render_compare(kind, [job_data(db, j) for j in jobs], norm_kind=norm_kind,
+                                       epochs=_epochs(epochs)))

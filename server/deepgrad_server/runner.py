@@ -1,0 +1,230 @@
+"""The child process that runs one job: builds the model, trains it and streams everything into the store.
+
+The worker starts it with ``multiprocessing``'s spawn context, so an out-of-memory error, a crash or a
+hung CUDA context cannot take the server down; it dies with the server (``PR_SET_PDEATHSIG``) and stops
+at the next step on SIGTERM (cancel). Its exit code tells the worker why it ended when it could not
+write that itself (``EXIT_REASONS``); killed by a signal, it wrote nothing and the job is requeued.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from deepgrad_server import store
+from deepgrad_server.db import Database
+
+log = logging.getLogger("deepgrad_server.runner")
+
+EXIT_REASONS = {10: "error", 11: "out_of_memory", 12: "data_missing", 13: "disk_full"}
+_EXIT_CODES = {reason: code for code, reason in EXIT_REASONS.items()}
+PROGRESS_EVERY_S = 1.0
+
+
+class JobFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None) -> None:
+    """Entry point of the child process (``multiprocessing`` target)."""
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {job_id} %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    db = Database(database_url)
+    try:
+        run_job(db, job_id, data_root=Path(data_root), job_dir=Path(jobs_dir) / job_id, device=device,
+                should_stop=stop.is_set)
+    except JobFailure as failure:
+        log.error("failed (%s): %s", failure.reason, failure.message)
+        try:
+            with db.writing() as s:
+                store.finish(s, job_id=job_id, state="failed", reason=failure.reason, message=failure.message)
+        except Exception:  # the store itself may be what failed (disk full): the exit code says why
+            log.exception("could not record the failure")
+        sys.exit(_EXIT_CODES[failure.reason])
+    finally:
+        db.dispose()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the server dies, so no orphan keeps writing."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run_job(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
+            should_stop: Any) -> None:
+    """Train the job and record it; raise ``JobFailure`` with a reason a user can act on."""
+    try:
+        _run(db, job_id, data_root=data_root, job_dir=job_dir, device=device, should_stop=should_stop)
+    except JobFailure:
+        raise
+    except Exception as err:
+        raise _classify(err) from err
+
+
+def _classify(err: BaseException) -> JobFailure:
+    from deepgrad_core.data import DataError
+
+    text = f"{type(err).__name__}: {err}"[:1500]
+    if isinstance(err, DataError):
+        return JobFailure("data_missing", str(err)[:1500])
+    if _is_oom(err):
+        return JobFailure("out_of_memory", f"out of memory: {str(err)[:800]}; lower train.batch_size or "
+                                           "model.width, or use train.precision bf16")
+    if _is_disk_full(err):
+        return JobFailure("disk_full", f"no space left on the server's disk: {str(err)[:800]}")
+    return JobFailure("error", text)
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        msg = str(seen).lower()
+        if "database or disk is full" in msg or "no space left" in msg:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
+         should_stop: Any) -> None:
+    import torch
+
+    from deepgrad_core.analysis import cost_report, first_layer_filters
+    from deepgrad_core.data import load_split
+    from deepgrad_core.device import choose_device
+    from deepgrad_core.models import build_model, tracked_layers
+    from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
+    from deepgrad_core.training import seed_everything, train
+    from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
+
+    with db.reading() as s:
+        job = store.get_job(s, job_id=job_id)
+    spec = ExperimentSpec.model_validate(job.spec)
+    dev = choose_device(device)
+    splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed)
+              for name in ("train", "test")]
+    seed_everything(spec.seed)
+    model = build_model(spec.model).to(dev)
+    side = spec.data.image_size or DEFAULT_IMAGE_SIDE
+    cost = cost_report(model, (spec.model.in_channels, side, side), measure_peak=dev.type == "cuda",
+                       batch_size=min(spec.train.batch_size, 256))
+    layers = [{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
+              for la in tracked_layers(model, spec.tracking.layer_types)]
+    steps_per_epoch = -(-len(splits[0]) // spec.train.batch_size)
+    with db.writing() as s:
+        store.update_job(s, job_id=job_id, cost=_finite(cost.to_dict()), layers=layers,
+                         steps_per_epoch=steps_per_epoch)
+        if not (job_dir / CHECKPOINT_NAME).exists():  # a fresh start: drop what an earlier attempt streamed
+            store.truncate_from(s, job_id=job_id, step=0)
+    progress = _Progress(db, job_id, spec, steps_per_epoch)
+
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        with db.writing() as s:
+            store.put_epoch(s, job_id=job_id, metrics=_finite(metrics))
+            store.update_job(s, job_id=job_id, filters=store.encode_array(first_layer_filters(model)))
+        progress.epoch_done(metrics)
+
+    def on_norms(block: Any) -> None:
+        with db.writing() as s:
+            store.append_norms(s, job_id=job_id, block=block)
+
+    def on_resume(step: int) -> None:
+        with db.writing() as s:
+            store.truncate_from(s, job_id=job_id, step=step)
+
+    result = train(model, spec, device=dev, train_data=splits[0], test_data=splits[1], on_step=progress.step,
+                   on_epoch=on_epoch, on_norms=on_norms, on_resume=on_resume, should_stop=should_stop,
+                   checkpoint_dir=job_dir)
+    progress.write(final=True)
+    fields = {"environment": result.environment, "summary": _finite(result.summary),
+              "final": _finite(result.final) or None, "per_class": _finite(result.per_class),
+              "confusion": result.confusion, "diverged_at_step": result.diverged_at_step,
+              "layers": result.layers, "filters": store.encode_array(first_layer_filters(model))}
+    reason = message = None
+    if result.status == "diverged":
+        reason, message = "diverged", (f"non-finite loss or gradient norms at step {result.diverged_at_step}; "
+                                       "everything recorded before is kept; try a lower train.lr or train.grad_clip")
+    elif result.status == "cancelled":
+        reason, message = "cancelled", f"cancelled after {len(result.history)} complete epoch(s)"
+    with db.writing() as s:
+        store.finish(s, job_id=job_id, state=result.status, reason=reason, message=message, **fields)
+    if result.status == "succeeded" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Progress:
+    """Throttled progress writes: the loss is read (a host sync) once a second, not every step."""
+
+    def __init__(self, db: Database, job_id: str, spec: Any, steps_per_epoch: int) -> None:
+        self.db, self.job_id = db, job_id
+        self.state: dict[str, Any] = {"epoch": 0, "epochs": spec.train.epochs, "step": 0,
+                                      "total_steps": spec.train.epochs * steps_per_epoch, "loss": None,
+                                      "train_acc": None, "test_acc": None, "images_per_sec": None}
+        self.batch_size, self.steps_per_epoch = spec.train.batch_size, steps_per_epoch
+        self.last_write = 0.0
+        self.mark: tuple[float, int] | None = None
+
+    def step(self, info: Any) -> None:
+        t = time.monotonic()
+        if self.mark is None:
+            self.mark = (t, info.step)
+        if t - self.last_write < PROGRESS_EVERY_S:
+            return
+        t0, s0 = self.mark
+        if info.step > s0 and t > t0:
+            self.state["images_per_sec"] = (info.step - s0) * self.batch_size / (t - t0)
+        self.mark = (t, info.step)
+        self.state.update(epoch=info.epoch, step=info.step + 1, loss=_num(float(info.loss)))
+        self.write()
+
+    def epoch_done(self, metrics: dict[str, Any]) -> None:
+        self.state.update(epoch=metrics["epoch"] + 1, step=(metrics["epoch"] + 1) * self.steps_per_epoch,
+                          loss=_num(metrics["train_loss"]),
+                          train_acc=_num(metrics["train_acc"]), test_acc=_num(metrics["test_acc"]),
+                          images_per_sec=_num(metrics["images_per_sec"]))
+        self.write()
+
+    def write(self, final: bool = False) -> None:
+        self.last_write = time.monotonic()
+        with self.db.writing() as s:
+            store.update_job(s, job_id=self.job_id, progress={**self.state, "updated_at": store.now()})
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is not None and x == x and abs(x) != float("inf") else None
+
+
+def _finite(obj: Any) -> Any:
+    """The same JSON tree with NaN/inf as None (strict JSON has no NaN)."""
+    import json
+
+    return json.loads(json.dumps(obj), parse_constant=lambda _: None)

@@ -1,0 +1,107 @@
+"""Request and response bodies, kept apart from the tables (``models.py``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from deepgrad_core.spec import ExperimentSpec
+from deepgrad_server.models import Job
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
+JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
+
+
+class JobCreate(ExperimentSpec):
+    """An experiment spec plus an optional display name: a spec file is a valid body."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="epochs completed")
+    epochs: int
+    step: int = Field(description="steps completed")
+    total_steps: int
+    loss: float | None = None
+    train_acc: float | None = None
+    test_acc: float | None = None
+    images_per_sec: float | None = None
+    updated_at: datetime | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str
+    state: JobState
+    reason: str | None = None
+    message: str | None = None
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int
+    progress: Progress | None = None
+    environment: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] | None = None
+    steps_per_epoch: int | None = None
+    diverged_at_step: int | None = None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    state: JobState
+    epochs: list[dict[str, Any]]
+    final: dict[str, Any] | None = None
+    per_class: list[dict[str, Any]] | None = None
+    confusion: list[list[int]] | None = None
+
+
+class LayerInfo(BaseModel):
+    name: str
+    path: str | None = None
+    depth: int
+    relative_depth: float
+
+
+class SeriesPublic(BaseModel):
+    job_id: str
+    kind: Literal["weight", "activation", "global"]
+    total_steps: int = Field(description="recorded steps in the requested range, before downsampling")
+    downsampled: bool
+    layers: list[LayerInfo]
+    steps: list[int]
+    values: list[list[float | None]] = Field(description="one list per layer, aligned with steps; NaN/inf: null")
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    queued: int
+    running: int
+    worker: Literal["alive", "stopped", "disabled"]
+
+
+def _time(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+def job_public(job: Job) -> JobPublic:
+    progress = dict(job.progress) if job.progress else None
+    if progress is not None:
+        progress["updated_at"] = _time(progress.get("updated_at"))
+    return JobPublic(id=job.id, name=job.name, state=job.state, reason=job.reason, message=job.message,
+                     spec=job.spec, created_at=_time(job.created_at), started_at=_time(job.started_at),
+                     finished_at=_time(job.finished_at), attempts=job.attempts, progress=progress,
+                     environment=job.environment, final=job.final, summary=job.summary, cost=job.cost,
+                     layers=job.layers, steps_per_epoch=job.steps_per_epoch, diverged_at_step=job.diverged_at_step)

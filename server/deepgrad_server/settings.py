@@ -1,0 +1,99 @@
+"""One ``Settings`` object, read from ``DEEPGRAD_*`` environment variables or ``.env``.
+
+It refuses insecure combinations: a non-loopback bind address with auth off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "token"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Server settings; every field is ``DEEPGRAD_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPGRAD_", env_file=".env", extra="ignore",
+                                      env_ignore_empty=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".deepgrad")
+    data_root: Path | None = Field(default=None, description="data sets by name; default <data_dir>/data")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in data_dir")
+    auth: bool = True
+    token: str | None = Field(default=None, min_length=16, description="unset: generated at first start")
+    device: str | None = Field(default=None, description="cuda, cuda:1, cpu; unset: CUDA when present")
+    worker: bool = True  # run the embedded worker in the server process
+    max_epochs: int = Field(default=200, ge=1)
+    max_batch_size: int = Field(default=1024, ge=1)
+    max_width: float = Field(default=2.0, gt=0)
+    max_queued: int = Field(default=100, ge=1)
+    max_retries: int = Field(default=2, ge=0, description="restarts of a job whose worker died")
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _secure(self) -> Settings:
+        if not self.auth and not _is_loopback(self.host):
+            raise ValueError(f"refusing to listen on {self.host} with auth disabled: anyone who can reach "
+                             "it could run jobs; set DEEPGRAD_AUTH=true or DEEPGRAD_HOST=127.0.0.1")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+    @property
+    def resolved_data_root(self) -> Path:
+        return self.data_root if self.data_root is not None else self.data_dir / "data"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'deepgrad.db'}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working folders (checkpoints)."""
+        return self.data_dir / "jobs"
+
+    def ensure_token(self) -> tuple[str | None, bool]:
+        """The bearer token and whether it was generated now (then it is printed once).
+
+        ``DEEPGRAD_TOKEN`` wins; else ``<data_dir>/token`` (mode 0600), created on first start.
+        """
+        if not self.auth:
+            return None, False
+        if self.token:
+            return self.token, False
+        path = self.data_dir / TOKEN_FILE
+        if path.exists():
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            token = path.read_text().strip()
+            if len(token) >= 16:
+                return token, False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token, True

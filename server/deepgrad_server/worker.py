@@ -1,0 +1,170 @@
+"""The embedded worker: takes the oldest queued job, runs it in a child process, supervises it.
+
+It holds a lease on the job and renews it while the child lives. When the child dies without writing
+a result (killed, crashed), the job goes back to the queue and resumes from its last epoch checkpoint,
+up to ``max_retries`` times, then fails with reason ``worker_lost``. At start, and periodically, it
+recovers jobs whose worker is gone: a dead process on this host at once, any other once its lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+
+from deepgrad_server import runner, store
+from deepgrad_server.db import Database
+from deepgrad_server.settings import Settings
+
+log = logging.getLogger("deepgrad_server.worker")
+
+POLL_S = 0.5
+KILL_AFTER_S = 10.0  # a job that ignores SIGTERM this long is killed
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings, self.db = settings, db
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+        self.current: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="deepgrad-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop taking jobs; a running job is stopped and put back in the queue (it resumes on restart)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        self.recover()
+        last_recover = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                with self.db.writing() as s:
+                    job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds)
+                if job is None:
+                    if time.monotonic() - last_recover > self.settings.lease_seconds / 2:
+                        self.recover()
+                        last_recover = time.monotonic()
+                    self._stopping.wait(POLL_S)
+                    continue
+                self._supervise(job.id, job.attempts)
+            except Exception:  # the worker must outlive any one job's trouble (a full disk, a locked file)
+                log.exception("worker loop error; retrying in 5 s")
+                self._stopping.wait(5.0)
+
+    def recover(self) -> None:
+        """Requeue (or fail) jobs whose worker is gone."""
+        with self.db.writing() as s:
+            for job in store.running_jobs(s):
+                if job.lease_owner == self.owner:
+                    continue
+                expired = job.lease_expires is None or job.lease_expires < store.now()
+                if expired or _dead_here(job.lease_owner):
+                    state = store.requeue_or_fail(s, job_id=job.id, max_retries=self.settings.max_retries,
+                                                  why="its worker stopped")
+                    log.warning("job %s lost its worker (%s): now %s", job.id, job.lease_owner, state)
+
+    def _supervise(self, job_id: str, attempt: int) -> None:
+        st = self.settings
+        log.info("job %s: starting (attempt %d)", job_id, attempt)
+        proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{job_id}",
+                                 args=(st.resolved_database_url, job_id, str(st.resolved_data_root),
+                                       str(st.jobs_dir), st.device))
+        proc.start()
+        self._proc, self.current = proc, job_id
+        term_sent: float | None = None
+        last_beat = time.monotonic()
+        try:
+            while proc.is_alive():
+                proc.join(POLL_S)
+                if self._stopping.is_set():
+                    break
+                if time.monotonic() - last_beat >= min(1.0, st.heartbeat_seconds) and proc.is_alive():
+                    last_beat = time.monotonic()
+                    with self.db.writing() as s:
+                        ours, cancel = store.heartbeat(s, job_id=job_id, owner=self.owner,
+                                                       lease_seconds=st.lease_seconds)
+                    if (cancel or not ours) and term_sent is None:
+                        log.info("job %s: %s, stopping it", job_id, "cancel requested" if cancel else "lease lost")
+                        proc.terminate()
+                        term_sent = time.monotonic()
+                if term_sent is not None and time.monotonic() - term_sent > KILL_AFTER_S:
+                    proc.kill()
+            if self._stopping.is_set() and proc.is_alive():
+                self._release(job_id, proc)
+                return
+            self._after_exit(job_id, proc.exitcode)
+        finally:
+            self._proc, self.current = None, None
+
+    def _release(self, job_id: str, proc: multiprocessing.process.BaseProcess) -> None:
+        """Server shutdown: kill the child and queue the job again without counting the attempt."""
+        proc.kill()
+        proc.join(10)
+        with self.db.writing() as s:
+            job = store.get_job(s, job_id=job_id)
+            if job is not None and job.state == "running" and job.lease_owner == self.owner:
+                store.update_job(s, job_id=job_id, state="queued", lease_owner=None, lease_expires=None,
+                                 attempts=max(job.attempts - 1, 0), message="server stopped; resumes on restart")
+        log.info("job %s: put back in the queue (server stopping)", job_id)
+
+    def _after_exit(self, job_id: str, code: int | None) -> None:
+        with self.db.writing() as s:
+            job = store.get_job(s, job_id=job_id)
+            if job is None or job.state != "running":
+                log.info("job %s: %s", job_id, job.state if job is not None else "deleted")
+                return
+            if code in runner.EXIT_REASONS:  # the child knew why, but could not write it
+                store.finish(s, job_id=job_id, state="failed", reason=runner.EXIT_REASONS[code],
+                             message=f"job process failed ({runner.EXIT_REASONS[code]}); see the server log")
+            elif code == 0:
+                store.finish(s, job_id=job_id, state="failed", reason="error",
+                             message="job process exited without recording a result")
+            else:
+                why = f"job process killed by {_signal_name(-code)}" if code and code < 0 else \
+                    f"job process exited with code {code}"
+                state = store.requeue_or_fail(s, job_id=job_id, max_retries=self.settings.max_retries, why=why)
+                log.warning("job %s: %s; now %s", job_id, why, state)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _dead_here(owner: str | None) -> bool:
+    """Whether ``owner`` (host:pid:token) was a process on this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # an earlier life of this server (in a container the pid repeats)
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
