@@ -8,10 +8,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from deepgrad_server import __version__
 from deepgrad_server.db import Database
+from deepgrad_server.deps import require_token
 from deepgrad_server.limits import BodySizeLimit
 from deepgrad_server.plot_cache import PlotCache
 from deepgrad_server.routes import api_router
@@ -47,11 +50,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.worker.stop()
             app.state.db.dispose()
 
-    app = FastAPI(title="DeepGrad", version=__version__, lifespan=lifespan,
-                  description="Train CNNs and watch their per-layer gradient norms. Every endpoint but "
-                              "/health needs `Authorization: Bearer <token>`.")
+    app = FastAPI(title="DeepGrad", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description="Train CNNs and watch their per-layer gradient norms. Every "
+                  "endpoint but /health needs `Authorization: Bearer <token>`.")
     app.state.settings = settings
     app.state.plot_cache = PlotCache()
     app.include_router(api_router)
+    _add_docs(app, public=settings.public_docs)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _add_docs(app: FastAPI, *, public: bool) -> None:
+    """/openapi.json and /docs: behind the token unless ``public_docs`` (they hold no data, but
+    "every endpoint but /health needs the token" is a rule worth keeping simple)."""
+    deps = [] if public else [Depends(require_token)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=deps)
+    def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=deps)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="DeepGrad API")

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=2, ge=0, description="restarts of a job whose worker died")
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    public_docs: bool = Field(default=False, description="serve /docs and /openapi.json without the token")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     log_level: str = "info"
 
