@@ -43,10 +43,7 @@ class DeviceLoader:
         self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std
 
     def __len__(self) -> int:
-        n = len(self.split)
-        if self.train:  # drop the last partial batch: BatchNorm trains badly on a handful of images
-            return n // self.batch_size if n > self.batch_size else min(n, 1)
-        return -(-n // self.batch_size)
+        return batches_per_epoch(len(self.split), self.batch_size, train=self.train)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images float32 [B, C, H, W], labels int64 [B])`` on the device for one epoch."""
@@ -76,3 +73,11 @@ class DeviceLoader:
         batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
         chans = torch.arange(c, device=dev).view(1, c, 1, 1)
         return padded[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def batches_per_epoch(n: int, batch_size: int, *, train: bool) -> int:
+    """Batches of ``n`` images: training drops the last partial batch (BatchNorm trains badly on a
+    handful of images) unless it is the only one; evaluation keeps it."""
+    if train:
+        return n // batch_size if n > batch_size else min(n, 1)
+    return -(-n // batch_size)

@@ -121,6 +121,7 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
     from deepgrad_core.analysis import cost_report, first_layer_filters
     from deepgrad_core.data import load_split
     from deepgrad_core.device import choose_device
+    from deepgrad_core.loader import batches_per_epoch
     from deepgrad_core.models import build_model, tracked_layers
     from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
     from deepgrad_core.training import seed_everything, train
@@ -139,7 +140,7 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
                        batch_size=min(spec.train.batch_size, 256))
     layers = [{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
               for la in tracked_layers(model, spec.tracking.layer_types)]
-    steps_per_epoch = -(-len(splits[0]) // spec.train.batch_size)
+    steps_per_epoch = batches_per_epoch(len(splits[0]), spec.train.batch_size, train=True)
     with db.writing() as s:
         store.update_job(s, job_id=job_id, cost=_finite(cost.to_dict()), layers=layers,
                          steps_per_epoch=steps_per_epoch)

@@ -1,0 +1,143 @@
+"""Faults a job service must survive: a killed job process, a restart, out of memory, divergence, cancel,
+a missing data set. Each runs against a real ``deepgrad-server`` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from live import TINY, LiveServer, wait_for
+
+
+def tiny(**train: object) -> dict:
+    return {**TINY, "train": {**TINY["train"], **train}}
+
+
+def longer(epochs: int, subset: int = 60, **extra: object) -> dict:
+    """A job of a few seconds: ``epochs`` epochs of ``subset * 10 / 16`` steps."""
+    return {**TINY, "data": {**TINY["data"], "subset": subset}, "train": {"epochs": epochs, "batch_size": 16},
+            **extra}
+
+
+def assert_series_whole(client: httpx.Client, job_id: str, total_steps: int, epochs: int) -> None:
+    """Every step exactly once, in order; every epoch exactly once."""
+    weight = client.get(f"/jobs/{job_id}/gradients", params={"max_points": 100_000}).json()
+    assert weight["steps"] == list(range(total_steps))
+    act = client.get(f"/jobs/{job_id}/gradients", params={"kind": "activation", "max_points": 100_000}).json()
+    assert act["steps"] == list(range(0, total_steps, 10))
+    history = client.get(f"/jobs/{job_id}/metrics").json()["epochs"]
+    assert [e["epoch"] for e in history] == list(range(epochs))
+
+
+def test_killed_job_process_resumes_from_checkpoint(live_server: LiveServer) -> None:
+    with live_server.client() as client:
+        job_id = client.post("/jobs", json=longer(epochs=6)).json()["id"]
+        job = wait_for(client, job_id, until=lambda j: j["state"] == "running" and (j["progress"] or {}).get(
+            "epoch", 0) >= 2)
+        pids = live_server.job_pids()
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        job = wait_for(client, job_id, timeout=120)
+        assert job["state"] == "succeeded", job
+        assert job["attempts"] == 2
+        spe = job["steps_per_epoch"]
+        assert_series_whole(client, job_id, 6 * spe, 6)
+    log = live_server.log.read_text()
+    assert "killed by SIGKILL" in log and "resumed from" in log
+
+
+def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "srv", None).start()
+    try:
+        with server.client() as client:
+            first = client.post("/jobs", json=longer(epochs=4, subset=40)).json()["id"]
+            queued = [client.post("/jobs", json={**tiny(), "name": f"q{i}"}).json()["id"] for i in range(3)]
+            wait_for(client, first, until=lambda j: j["state"] == "running")
+        server.stop()  # SIGTERM: the running job goes back to the queue, uncounted
+        server.start(DEEPGRAD_WORKER="false")
+        with server.client() as client:
+            listed = client.get("/jobs", params={"state": "queued"}).json()
+            assert [j["id"] for j in listed["data"]] == [*reversed(queued), first]  # newest first: all 4 queued
+            assert client.get(f"/jobs/{first}").json()["attempts"] == 0
+        server.stop(signal.SIGKILL)  # and a hard stop loses nothing either
+        server.start()
+        with server.client() as client:
+            jobs = [wait_for(client, j) for j in (first, *queued)]
+        assert [j["state"] for j in jobs] == ["succeeded"] * 4
+        starts = [j["started_at"] for j in jobs]
+        assert starts == sorted(starts)  # oldest first
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+    """Limits raised so that a job can ask for more memory than the machine has."""
+    server = LiveServer(tmp_path_factory.mktemp("roomy"), None,
+                        env={"DEEPGRAD_MAX_WIDTH": "4", "DEEPGRAD_MAX_BATCH_SIZE": "8192"}).start()
+    yield server
+    server.stop()
+
+
+def test_out_of_memory_fails_clearly_and_next_job_runs(roomy_server: LiveServer) -> None:
+    # conv1's output alone: 8192 images x 256 channels x 64 x 64 x 4 bytes = 34 GB, more than this machine has.
+    huge = {"model": {"arch": "vgg16", "width": 4.0}, "data": {"name": "synthetic", "subset": 820, "test_subset": 1,
+                                                                "image_size": 64},
+            "train": {"epochs": 1, "batch_size": 8192}}
+    with roomy_server.client() as client:
+        big = client.post("/jobs", json=huge).json()["id"]
+        after = client.post("/jobs", json=tiny()).json()["id"]
+        job = wait_for(client, big, timeout=240)
+        assert job["state"] == "failed" and job["reason"] == "out_of_memory", job
+        assert "batch_size" in job["message"]
+        assert wait_for(client, after)["state"] == "succeeded"
+
+
+def test_huge_learning_rate_diverges_and_keeps_what_was_recorded(roomy_server: LiveServer) -> None:
+    with roomy_server.client() as client:
+        job_id = client.post("/jobs", json=tiny(lr=1e6, epochs=3)).json()["id"]
+        job = wait_for(client, job_id)
+        assert job["state"] == "diverged" and job["reason"] == "diverged", job
+        assert job["diverged_at_step"] is not None and "lr" in job["message"]
+        series = client.get(f"/jobs/{job_id}/gradients").json()
+        assert series["steps"] and series["steps"][0] == 0
+        assert client.get(f"/jobs/{job_id}/plots/norms.png").status_code == 200
+
+
+def test_cancel_running_and_queued(roomy_server: LiveServer) -> None:
+    with roomy_server.client() as client:
+        running = client.post("/jobs", json=longer(epochs=50)).json()["id"]
+        queued = client.post("/jobs", json=tiny()).json()["id"]
+        wait_for(client, running, until=lambda j: j["state"] == "running" and j["progress"])
+        r = client.post(f"/jobs/{queued}/cancel")
+        assert r.status_code == 202 and r.json()["state"] == "cancelled"
+        asked = time.monotonic()
+        assert client.post(f"/jobs/{running}/cancel").status_code == 202
+        job = wait_for(client, running, timeout=30)
+        assert job["state"] == "cancelled" and time.monotonic() - asked < 10
+        assert client.post(f"/jobs/{running}/cancel").status_code == 409
+        assert client.get(f"/jobs/{queued}").json()["started_at"] is None  # never ran
+
+
+def test_missing_data_set_fails_with_its_path(roomy_server: LiveServer) -> None:
+    with roomy_server.client() as client:
+        spec = {"model": {"arch": "resnet18", "width": 0.125}, "data": {"name": "cifar10", "subset": 2},
+                "train": {"epochs": 1}}
+        job = wait_for(client, client.post("/jobs", json=spec).json()["id"])
+        assert job["state"] == "failed" and job["reason"] == "data_missing", job
+        assert "cifar10" in job["message"]
+
+
+def test_running_job_cannot_be_deleted(roomy_server: LiveServer) -> None:
+    with roomy_server.client() as client:
+        job_id = client.post("/jobs", json=longer(epochs=50)).json()["id"]
+        wait_for(client, job_id, until=lambda j: j["state"] == "running")
+        r = client.delete(f"/jobs/{job_id}")
+        assert r.status_code == 409 and "cancel" in r.json()["detail"]
+        client.post(f"/jobs/{job_id}/cancel")
+        assert wait_for(client, job_id)["state"] == "cancelled"
+        assert client.delete(f"/jobs/{job_id}").status_code == 204
