@@ -7,9 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live import TOKEN, LiveServer
+
 from deepgrad_server.app import create_app
 from deepgrad_server.settings import Settings
-from live import TOKEN, LiveServer
 
 
 @pytest.fixture
