@@ -47,8 +47,12 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of half a checkpoint
+        raise
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -31,20 +31,25 @@ def free_port() -> int:
 class LiveServer:
     """``deepgrad-server`` as a user starts it; ``stop``/``start`` restart it on the same data."""
 
-    def __init__(self, data_dir: Path, data_root: Path | None, env: dict[str, str] | None = None) -> None:
-        self.data_dir, self.data_root = data_dir, data_root
+    def __init__(self, data_dir: Path, data_root: Path | None, env: dict[str, str] | None = None,
+                 wrap: Any = None) -> None:
+        """``wrap(cmd) -> cmd`` runs the server under another command (a private mount namespace, say)."""
+        self.data_dir, self.data_root, self.wrap = data_dir, data_root, wrap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "DEEPGRAD_TOKEN": TOKEN, "DEEPGRAD_LEASE_SECONDS": "10",
                     "DEEPGRAD_HEARTBEAT_SECONDS": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
-        self.log = data_dir / "server.log"
+        self.log = data_dir.parent / f"{data_dir.name}.log"  # beside the data dir: a full disk must not eat it
 
     def start(self, **env: str) -> LiveServer:
         cmd = [sys.executable, "-m", "deepgrad_server.main", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.data_root is not None:
             cmd += ["--data-root", str(self.data_root)]
+        if self.wrap is not None:
+            cmd = self.wrap(cmd)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -73,6 +78,12 @@ class LiveServer:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
+    @property
+    def pid(self) -> int:
+        """The server's own pid (under ``wrap``, the process that ``exec``'d into it)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def job_pids(self) -> list[int]:
         """Pids of the server's job processes (its children running ``multiprocessing.spawn``)."""
         assert self.proc is not None
@@ -100,6 +111,8 @@ def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, 
         job = client.get(f"/jobs/{job_id}").raise_for_status().json()
         if (until(job) if until is not None else job["state"] in states):
             return job
+        if until is not None and job["state"] in TERMINAL:
+            raise AssertionError(f"job {job_id} ended ({job['state']}) before the awaited condition: {job}")
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
         time.sleep(0.2)

@@ -1,16 +1,21 @@
 """Faults a job service must survive: a killed job process, a restart, out of memory, divergence, cancel,
-a missing data set. Each runs against a real ``deepgrad-server`` process."""
+a missing or deleted data set. Each runs against a real ``deepgrad-server`` process."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from live import TINY, LiveServer, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from live import TINY, LiveServer, wait_for  # noqa: E402
 
 
 def tiny(**train: object) -> dict:
@@ -33,7 +38,16 @@ def assert_series_whole(client: httpx.Client, job_id: str, total_steps: int, epo
     assert [e["epoch"] for e in history] == list(range(epochs))
 
 
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path / "server", None).start()
+    yield server
+    server.stop()
+
+
 def test_killed_job_process_resumes_from_checkpoint(live_server: LiveServer) -> None:
+    """Celery's early acknowledgement lost tasks whose worker died: a job whose process is killed -9
+    mid-epoch goes back to the queue and resumes from its checkpoint, its series whole (no gap, no duplicate)."""
     with live_server.client() as client:
         job_id = client.post("/jobs", json=longer(epochs=6)).json()["id"]
         job = wait_for(client, job_id, until=lambda j: j["state"] == "running" and (j["progress"] or {}).get(
@@ -51,6 +65,7 @@ def test_killed_job_process_resumes_from_checkpoint(live_server: LiveServer) -> 
 
 
 def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
+    """A restart (graceful, then kill -9) loses no queued job and keeps their order; the running one resumes first."""
     server = LiveServer(tmp_path / "srv", None).start()
     try:
         with server.client() as client:
@@ -84,6 +99,7 @@ def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
 
 
 def test_out_of_memory_fails_clearly_and_next_job_runs(roomy_server: LiveServer) -> None:
+    """An out-of-memory job must not take the server (or the queue) down: it fails with ``out_of_memory``."""
     # conv1's output alone: 8192 images x 256 channels x 64 x 64 x 4 bytes = 34 GB, more than this machine has.
     huge = {"model": {"arch": "vgg16", "width": 4.0}, "data": {"name": "synthetic", "subset": 820, "test_subset": 1,
                                                                 "image_size": 64},
@@ -98,6 +114,7 @@ def test_out_of_memory_fails_clearly_and_next_job_runs(roomy_server: LiveServer)
 
 
 def test_huge_learning_rate_diverges_and_keeps_what_was_recorded(roomy_server: LiveServer) -> None:
+    """lr 1e6: the run ends ``diverged`` (not failed, not silently NaN) and keeps everything recorded before."""
     with roomy_server.client() as client:
         job_id = client.post("/jobs", json=tiny(lr=1e6, epochs=3)).json()["id"]
         job = wait_for(client, job_id)
@@ -109,6 +126,7 @@ def test_huge_learning_rate_diverges_and_keeps_what_was_recorded(roomy_server: L
 
 
 def test_cancel_running_and_queued(roomy_server: LiveServer) -> None:
+    """Cancel stops a running job within seconds and a queued one at once (it never starts)."""
     with roomy_server.client() as client:
         running = client.post("/jobs", json=longer(epochs=50)).json()["id"]
         queued = client.post("/jobs", json=tiny()).json()["id"]
@@ -124,6 +142,7 @@ def test_cancel_running_and_queued(roomy_server: LiveServer) -> None:
 
 
 def test_missing_data_set_fails_with_its_path(roomy_server: LiveServer) -> None:
+    """A data set that is not installed: ``failed`` with reason ``data_missing`` naming it."""
     with roomy_server.client() as client:
         spec = {"model": {"arch": "resnet18", "width": 0.125}, "data": {"name": "cifar10", "subset": 2},
                 "train": {"epochs": 1}}
@@ -133,6 +152,7 @@ def test_missing_data_set_fails_with_its_path(roomy_server: LiveServer) -> None:
 
 
 def test_running_job_cannot_be_deleted(roomy_server: LiveServer) -> None:
+    """Deleting a running job would pull its data from under its writer: 409 until it is cancelled."""
     with roomy_server.client() as client:
         job_id = client.post("/jobs", json=longer(epochs=50)).json()["id"]
         wait_for(client, job_id, until=lambda j: j["state"] == "running")
@@ -141,3 +161,27 @@ def test_running_job_cannot_be_deleted(roomy_server: LiveServer) -> None:
         client.post(f"/jobs/{job_id}/cancel")
         assert wait_for(client, job_id)["state"] == "cancelled"
         assert client.delete(f"/jobs/{job_id}").status_code == 204
+
+
+def test_data_set_deleted_mid_queue(tmp_path: Path, cifar10_root: Path) -> None:
+    """A data set deleted while its job waits in the queue: the job fails ``data_missing``, the next one runs."""
+    root = tmp_path / "data"
+    shutil.copytree(cifar10_root / "cifar10", root / "cifar10")
+    server = LiveServer(tmp_path / "srv", root).start()
+    try:
+        with server.client() as client:
+            first = client.post("/jobs", json=longer(epochs=3)).json()["id"]
+            cifar = {"model": {"arch": "resnet18", "width": 0.125}, "data": {"name": "cifar10", "subset": 2,
+                                                                             "test_subset": 2},
+                     "train": {"epochs": 1, "batch_size": 10}}
+            doomed = client.post("/jobs", json=cifar).json()["id"]
+            last = client.post("/jobs", json=tiny()).json()["id"]
+            wait_for(client, first, until=lambda j: j["state"] == "running")
+            shutil.rmtree(root / "cifar10")
+            job = wait_for(client, doomed)
+            assert job["state"] == "failed" and job["reason"] == "data_missing", job
+            assert str(root / "cifar10") in job["message"]
+            assert wait_for(client, first)["state"] == "succeeded"
+            assert wait_for(client, last)["state"] == "succeeded"
+    finally:
+        server.stop()
