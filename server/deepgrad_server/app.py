@@ -19,7 +19,7 @@ from deepgrad_server.limits import BodySizeLimit
 from deepgrad_server.plot_cache import PlotCache
 from deepgrad_server.routes import api_router
 from deepgrad_server.settings import Settings
-from deepgrad_server.worker import Worker
+from deepgrad_server.worker import make_workers
 
 log = logging.getLogger("deepgrad_server")
 
@@ -39,15 +39,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              f"    {token}\n")
         elif token is None:
             log.warning("auth is disabled: anyone who can reach %s:%d can run jobs", settings.host, settings.port)
-        app.state.worker = Worker(settings, app.state.db) if settings.worker else None
-        if app.state.worker is not None:
-            app.state.worker.start()
+        # One worker per device: each GPU trains one job at a time.
+        app.state.workers = make_workers(settings, app.state.db) if settings.worker else []
+        for worker in app.state.workers:
+            worker.start()
         gc.freeze()  # startup objects never die: keep the collector's passes short while rendering plots
         try:
             yield
         finally:
-            if app.state.worker is not None:
-                app.state.worker.stop()
+            for worker in app.state.workers:
+                worker.stop()
             app.state.db.dispose()
 
     app = FastAPI(title="DeepGrad", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -35,9 +35,14 @@ class JobFailure(Exception):
         self.reason, self.message = reason, message
 
 
-def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None) -> None:
+def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None,
+         threads: int | None = None) -> None:
     """Entry point of the child process (``multiprocessing`` target)."""
     _die_with_parent()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {job_id} %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in data_dir")
     auth: bool = True
     token: str | None = Field(default=None, min_length=16, description="unset: generated at first start")
-    device: str | None = Field(default=None, description="cuda, cuda:1, cpu; unset: CUDA when present")
+    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)(,(cpu|cuda(:\d+)?))*$",
+                               description="cuda, cuda:1, cpu, or a list (cuda:0,cuda:1: one worker per GPU); "
+                                           "unset: CUDA when present")
     worker: bool = True  # run the embedded worker in the server process
     max_epochs: int = Field(default=200, ge=1)
     max_batch_size: int = Field(default=1024, ge=1)
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         return self
+
+    @property
+    def devices(self) -> list[str | None]:
+        """One entry per worker: each trains one job at a time on its device (None: CUDA when present)."""
+        return [d.strip() for d in self.device.split(",")] if self.device else [None]
 
     @property
     def resolved_data_root(self) -> Path:

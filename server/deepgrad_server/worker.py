@@ -19,18 +19,23 @@ import time
 
 from deepgrad_server import runner, store
 from deepgrad_server.db import Database
+from deepgrad_server.models import TERMINAL
 from deepgrad_server.settings import Settings
 
 log = logging.getLogger("deepgrad_server.worker")
 
 POLL_S = 0.5
+_LIFE = secrets.token_hex(4)  # this server process's life: a restarted server in a container reuses its pid
 KILL_AFTER_S = 10.0  # a job that ignores SIGTERM this long is killed
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database) -> None:
-        self.settings, self.db = settings, db
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    def __init__(self, settings: Settings, db: Database, device: str | None = None,
+                 threads: int | None = None) -> None:
+        """``threads``: CPU threads for the job (workers sharing the CPU split it: oversubscribed
+        PyTorch CPU threads slow every job down by orders of magnitude)."""
+        self.settings, self.db, self.device, self.threads = settings, db, device, threads
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{_LIFE}:{device or 'auto'}:{secrets.token_hex(2)}"
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._proc: multiprocessing.process.BaseProcess | None = None
@@ -42,7 +47,8 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="deepgrad-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"deepgrad-worker-{self.device or 'auto'}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -83,10 +89,10 @@ class Worker:
 
     def _supervise(self, job_id: str, attempt: int) -> None:
         st = self.settings
-        log.info("job %s: starting (attempt %d)", job_id, attempt)
+        log.info("job %s: starting (attempt %d) on %s", job_id, attempt, self.device or "the default device")
         proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{job_id}",
                                  args=(st.resolved_database_url, job_id, str(st.resolved_data_root),
-                                       str(st.jobs_dir), st.device))
+                                       str(st.jobs_dir), self.device, self.threads))
         proc.start()
         self._proc, self.current = proc, job_id
         term_sent: float | None = None
@@ -101,7 +107,9 @@ class Worker:
                     with self.db.writing() as s:
                         ours, cancel = store.heartbeat(s, job_id=job_id, owner=self.owner,
                                                        lease_seconds=st.lease_seconds)
-                    if (cancel or not ours) and term_sent is None:
+                        # Not ours because the job has just written its result: let it exit.
+                        finished = not ours and store.get_job(s, job_id=job_id).state in TERMINAL
+                    if (cancel or not ours) and not finished and term_sent is None:
                         log.info("job %s: %s, stopping it", job_id, "cancel requested" if cancel else "lease lost")
                         proc.terminate()
                         term_sent = time.monotonic()
@@ -144,6 +152,14 @@ class Worker:
                 log.warning("job %s: %s; now %s", job_id, why, state)
 
 
+def make_workers(settings: Settings, db: Database) -> list[Worker]:
+    """One worker per configured device; CPU workers share the cores evenly."""
+    devices = settings.devices
+    on_cpu = sum(d == "cpu" for d in devices)
+    threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu > 1 else None
+    return [Worker(settings, db, d, threads if d == "cpu" else None) for d in devices]
+
+
 def _signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
@@ -152,15 +168,14 @@ def _signal_name(num: int) -> str:
 
 
 def _dead_here(owner: str | None) -> bool:
-    """Whether ``owner`` (host:pid:token) was a process on this host that no longer runs."""
+    """Whether ``owner`` (host:pid:life:...) was a server process on this host that no longer runs."""
     if not owner:
         return True
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
+    host, pid, life, *_ = [*owner.split(":"), "", ""]
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    if int(pid) == os.getpid():  # an earlier life of this server (in a container the pid repeats)
-        return True
+    if int(pid) == os.getpid():  # this process: a sibling worker (same life), or an earlier life of the server
+        return life != _LIFE
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

@@ -39,7 +39,7 @@ def health(db: DbDep, request: Request) -> Health:
     """Liveness and queue depth; the one endpoint that needs no token."""
     with db.reading() as s:
         counts = store.queue_counts(s)
-    worker = request.app.state.worker
-    state = "disabled" if worker is None else ("alive" if worker.alive else "stopped")
+    workers = request.app.state.workers
+    state = "disabled" if not workers else ("alive" if all(w.alive for w in workers) else "stopped")
     return Health(status="ok", version=__version__, queued=counts.get("queued", 0),
                   running=counts.get("running", 0), worker=state)
