@@ -8,15 +8,16 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from deepgrad_server import __version__
+from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
 from deepgrad_server.deps import require_token
 from deepgrad_server.limits import BodySizeLimit
-from deepgrad_server.plot_cache import PlotCache
 from deepgrad_server.routes import api_router
 from deepgrad_server.settings import Settings
 from deepgrad_server.worker import make_workers
@@ -31,7 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        app.state.db = Database(settings.resolved_database_url)
+        # Request threads never outnumber database connections: a thread waiting for a connection
+        # is latency for nothing (and, past the pool timeout, an error).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        app.state.db = Database(settings.resolved_database_url, pool_size=settings.api_threads + 2)
         token, generated = settings.ensure_token()
         app.state.token = token
         if generated:  # printed once, on the first start; afterwards it is in the file only
@@ -55,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url=None, description="Train CNNs and watch their per-layer gradient norms. Every "
                   "endpoint but /health needs `Authorization: Bearer <token>`.")
     app.state.settings = settings
-    app.state.plot_cache = PlotCache()
+    app.state.plot_cache = JobCache(max_entries=256)  # PNGs: ~100 KB each
+    app.state.series_cache = JobCache(max_entries=16)  # a 100-epoch ResNet-18 weight series: ~3 MB
     app.include_router(api_router)
     _add_docs(app, public=settings.public_docs)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -37,7 +37,10 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     final: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the verdicts: small, in every Job response
+    # Per-layer mean norm per epoch (kind -> layer -> [epochs]): ~90 KB for a 100-epoch run, so it is
+    # loaded only where asked for (GET /jobs/{id}/metrics), never with every job row.
+    layer_means: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     per_class: Mapped[list[Any] | None] = mapped_column(JSON)
     confusion: Mapped[list[Any] | None] = mapped_column(JSON)

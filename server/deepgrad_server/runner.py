@@ -27,6 +27,7 @@ log = logging.getLogger("deepgrad_server.runner")
 EXIT_REASONS = {10: "error", 11: "out_of_memory", 12: "data_missing", 13: "disk_full"}
 _EXIT_CODES = {reason: code for code, reason in EXIT_REASONS.items()}
 PROGRESS_EVERY_S = 1.0
+NICE_ON_CPU = 10
 
 
 class JobFailure(Exception):
@@ -136,6 +137,8 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
         job = store.get_job(s, job_id=job_id)
     spec = ExperimentSpec.model_validate(job.spec)
     dev = choose_device(device)
+    if dev.type == "cpu":  # training on the CPU must not starve the API serving on the same cores
+        os.nice(NICE_ON_CPU)
     splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed)
               for name in ("train", "test")]
     seed_everything(spec.seed)
@@ -159,9 +162,11 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
             store.update_job(s, job_id=job_id, filters=store.encode_array(first_layer_filters(model)))
         progress.epoch_done(metrics)
 
+    registered: set[str] = set()  # kinds whose layer names are in the store: later blocks are a bare INSERT
+
     def on_norms(block: Any) -> None:
         with db.writing() as s:
-            store.append_norms(s, job_id=job_id, block=block)
+            store.append_norms(s, job_id=job_id, block=block, registered=registered)
 
     def on_resume(step: int) -> None:
         with db.writing() as s:
@@ -171,7 +176,8 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
                    on_epoch=on_epoch, on_norms=on_norms, on_resume=on_resume, should_stop=should_stop,
                    checkpoint_dir=job_dir)
     progress.write(final=True)
-    fields = {"environment": result.environment, "summary": _finite(result.summary),
+    summary, layer_means = split_summary(_finite(result.summary))
+    fields = {"environment": result.environment, "summary": summary, "layer_means": layer_means,
               "final": _finite(result.final) or None, "per_class": _finite(result.per_class),
               "confusion": result.confusion, "diverged_at_step": result.diverged_at_step,
               "layers": result.layers, "filters": store.encode_array(first_layer_filters(model))}
@@ -223,6 +229,17 @@ class _Progress:
         self.last_write = time.monotonic()
         with self.db.writing() as s:
             store.update_job(s, job_id=self.job_id, progress={**self.state, "updated_at": store.now()})
+
+
+def split_summary(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run summary without its per-layer, per-epoch means, and those means (kind -> layer -> [epochs])."""
+    slim, means = {}, {}
+    for key, value in summary.items():
+        if isinstance(value, dict) and "mean_per_epoch" in value:
+            means[key] = value["mean_per_epoch"]
+            value = {k: v for k, v in value.items() if k != "mean_per_epoch"}
+        slim[key] = value
+    return slim, means
 
 
 def _num(x: float | None) -> float | None:

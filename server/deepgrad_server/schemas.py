@@ -65,6 +65,8 @@ class MetricsPublic(BaseModel):
     final: dict[str, Any] | None = None
     per_class: list[dict[str, Any]] | None = None
     confusion: list[list[int]] | None = None
+    layer_means: dict[str, dict[str, list[float | None]]] | None = Field(
+        default=None, description="norm kind -> layer -> mean norm per epoch (finished jobs)")
 
 
 class LayerInfo(BaseModel):

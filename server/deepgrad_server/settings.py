@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     public_docs: bool = Field(default=False, description="serve /docs and /openapi.json without the token")
+    api_threads: int = Field(default_factory=lambda: min(32, 2 * (os.cpu_count() or 1)), ge=1, le=256,
+                             description="threads serving requests (and database connections)")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     log_level: str = "info"
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -181,6 +181,10 @@ def put_epoch(s: Session, *, job_id: str, metrics: dict[str, Any]) -> None:
     s.add(EpochMetric(job_id=job_id, epoch=epoch, metrics=metrics))
 
 
+def layer_means(s: Session, *, job_id: str) -> dict[str, Any] | None:
+    return s.scalar(select(Job.layer_means).where(Job.id == job_id))
+
+
 def epochs(s: Session, *, job_id: str) -> list[dict[str, Any]]:
     rows = s.scalars(select(EpochMetric.metrics).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch))
     return list(rows)
@@ -189,23 +193,31 @@ def epochs(s: Session, *, job_id: str) -> list[dict[str, Any]]:
 # --- norm series ------------------------------------------------------------------------------------------------
 
 
-def append_norms(s: Session, *, job_id: str, block: NormBlock) -> None:
-    """Store one flushed block as one row; the first block of a kind records its column names."""
+def append_norms(s: Session, *, job_id: str, block: NormBlock, registered: set[str] | None = None) -> None:
+    """Store one flushed block as one row; the first block of a kind records (or checks) its column names.
+
+    A writer that passes the same ``registered`` set every time skips that check after the first
+    block of each kind: the rest is one bare INSERT (ingest is a hot path: see bench/store.py).
+    """
     if not len(block):
         return
-    layers = s.scalar(select(Job.norm_layers).where(Job.id == job_id)) or {}
-    if block.kind not in layers:
-        update_job(s, job_id=job_id, norm_layers={**layers, block.kind: list(block.layers)})
-    elif tuple(layers[block.kind]) != block.layers:
-        raise ValueError(f"job {job_id}: {block.kind} block has layers {block.layers}, stored {layers[block.kind]}")
-    s.add(_chunk(job_id, block.kind, block.steps, block.values))
+    if registered is None or block.kind not in registered:
+        layers = s.scalar(select(Job.norm_layers).where(Job.id == job_id)) or {}
+        if block.kind not in layers:
+            update_job(s, job_id=job_id, norm_layers={**layers, block.kind: list(block.layers)})
+        elif tuple(layers[block.kind]) != block.layers:
+            raise ValueError(f"job {job_id}: {block.kind} block has layers {block.layers}, "
+                             f"stored {layers[block.kind]}")
+        if registered is not None:
+            registered.add(block.kind)
+    s.execute(insert(NormChunk), [_chunk_row(job_id, block.kind, block.steps, block.values)])
 
 
-def _chunk(job_id: str, kind: str, steps: np.ndarray, values: np.ndarray) -> NormChunk:
+def _chunk_row(job_id: str, kind: str, steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
     steps = np.ascontiguousarray(steps, dtype=np.int64)
     values = np.ascontiguousarray(values, dtype=np.float32)
-    return NormChunk(job_id=job_id, kind=kind, first_step=int(steps[0]), last_step=int(steps[-1]),
-                     n_layers=values.shape[1], steps=steps.tobytes(), values=values.tobytes())
+    return {"job_id": job_id, "kind": kind, "first_step": int(steps[0]), "last_step": int(steps[-1]),
+            "n_layers": values.shape[1], "steps": steps.tobytes(), "values": values.tobytes()}
 
 
 def truncate_from(s: Session, *, job_id: str, step: int) -> None:
@@ -217,7 +229,7 @@ def truncate_from(s: Session, *, job_id: str, step: int) -> None:
         steps, values = _decode(chunk)
         keep = steps < step
         s.delete(chunk)
-        s.add(_chunk(job_id, chunk.kind, steps[keep], values[keep]))
+        s.add(NormChunk(**_chunk_row(job_id, chunk.kind, steps[keep], values[keep])))
     spe = s.scalar(select(Job.steps_per_epoch).where(Job.id == job_id))
     first_epoch = step // spe if spe else 0
     s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch >= first_epoch))

@@ -104,17 +104,19 @@ def delete_job(job_id: JobId, db: DbDep, settings: SettingsDep, request: Request
         store.delete_job(s, job_id=job_id)
     shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)  # the id is 12 hex characters: no traversal
     request.app.state.plot_cache.drop(job_id)
+    request.app.state.series_cache.drop(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsPublic)
 def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
-    """Epoch history (epoch counted from 0), final metrics, per-class report and confusion matrix."""
+    """Epoch history (epoch counted from 0), final metrics, per-class report, confusion matrix, per-layer means."""
     job = load_job(db, job_id)
     with db.reading() as s:
         history = store.epochs(s, job_id=job_id)
+        means = store.layer_means(s, job_id=job_id)
     return MetricsPublic(job_id=job.id, state=job.state, epochs=history, final=job.final, per_class=job.per_class,
-                         confusion=job.confusion)
+                         confusion=job.confusion, layer_means=means)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,

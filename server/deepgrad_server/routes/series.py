@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
+from deepgrad_core.norms import NormBlock
 from deepgrad_server import store
+from deepgrad_server.db import Database
 from deepgrad_server.deps import DbDep, JobId, load_job
 from deepgrad_server.jobdata import layer_info
 from deepgrad_server.models import TERMINAL, Job
@@ -30,6 +32,19 @@ def _missing(job: Job, kind: str) -> HTTPException:
                          "gradient norms yet; try again when it has run a few steps")
 
 
+def cached_norms(request: Request, db: Database, job: Job, kind: str) -> NormBlock | None:
+    """A job's whole ``kind`` series; a finished job's is decoded once and then kept (it never changes)."""
+    cache = request.app.state.series_cache
+    key = ("norms", job.id, kind)
+    if job.state in TERMINAL and (hit := cache.get(key)) is not None:
+        return hit
+    with db.reading() as s:
+        block = store.load_norms(s, job_id=job.id, kind=kind)
+    if job.state in TERMINAL and block is not None:
+        cache.put(key, frozenset([job.id]), block)
+    return block
+
+
 def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
     """Column indices of comma-separated layer names (all when empty); 422 naming unknown ones."""
     if not text:
@@ -43,7 +58,7 @@ def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
 
 
 @router.get("/jobs/{job_id}/gradients", response_model=SeriesPublic)
-def gradients(job_id: JobId, db: DbDep, kind: NormKind = "weight",
+def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weight",
               layers: Annotated[str | None, Query(max_length=2000, description="comma-separated names")] = None,
               start: Annotated[int | None, Query(ge=0)] = None, end: Annotated[int | None, Query(ge=0)] = None,
               max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000) -> SeriesPublic:
@@ -51,10 +66,12 @@ def gradients(job_id: JobId, db: DbDep, kind: NormKind = "weight",
     job = load_job(db, job_id)
     if start is not None and end is not None and end <= start:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"end ({end}) must be after start ({start})")
-    with db.reading() as s:
-        block = store.load_norms(s, job_id=job_id, kind=kind, start=start, end=end)
+    block = cached_norms(request, db, job, kind)
     if block is None:
         raise _missing(job, kind)
+    if start is not None or end is not None:
+        keep = (block.steps >= (start or 0)) & (block.steps < (end if end is not None else np.iinfo(np.int64).max))
+        block = NormBlock(kind, block.steps[keep], block.layers, block.values[keep])
     cols = parse_layers(layers, block.layers)
     steps, values = store.downsample(block.steps, block.values[:, cols], max_points)
     columns = values.T.astype(np.float64)
