@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from deepgrad_server import store
 from deepgrad_server.deps import DbDep, load_job
 from deepgrad_server.jobdata import last_epoch_means, layer_info
 from deepgrad_server.routes.plots import parse_ids
+from deepgrad_server.routes.series import cached_norms
 
 router = APIRouter(tags=["compare"])
 
@@ -18,15 +19,15 @@ EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 @router.get("/compare")
-def compare(db: DbDep, ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")]
-            ) -> dict[str, Any]:
+def compare(db: DbDep, request: Request,
+            ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")]) -> dict[str, Any]:
     """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth."""
     jobs = [load_job(db, i) for i in parse_ids(ids)]
     rows, histories, by_depth = [], {}, {}
     for job in jobs:
         with db.reading() as s:
             histories[job.id] = {m["epoch"]: m for m in store.epochs(s, job_id=job.id)}
-            block = store.load_norms(s, job_id=job.id, kind="weight")
+        block = cached_norms(request, db, job, "weight")
         cost = job.cost or {}
         final = job.final or {}
         rows.append({"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
