@@ -1,0 +1,193 @@
+"""Rich tables for the CLI: pure functions from the server's JSON to renderables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+STATE_STYLES = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red",
+                "cancelled": "magenta", "diverged": "red"}
+
+
+def state_text(job: dict[str, Any]) -> str:
+    state = job.get("state", "?")
+    return f"[{STATE_STYLES.get(state, 'white')}]{state}[/]"
+
+
+def pct(x: Any) -> str:
+    return f"{100 * x:.1f}%" if _finite(x) else "-"
+
+
+def num(x: Any, fmt: str = ".4f") -> str:
+    return format(x, fmt) if _finite(x) else "-"
+
+
+def ratio(x: Any) -> str:
+    return f"{x:.2e}" if _finite(x) else "-"
+
+
+def si(x: Any) -> str:
+    """1234567 -> 1.23M."""
+    if not _finite(x):
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:g}"
+
+
+def duration(seconds: Any) -> str:
+    if not _finite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def epoch_of(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return "-"
+    return f"{progress.get('epoch', 0)}/{progress.get('epochs', '?')}"
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("arch", no_wrap=True)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("test acc", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    for job in jobs:
+        final, progress = job.get("final") or {}, job.get("progress") or {}
+        table.add_row(job["id"], escape(job.get("name", "")), state_text(job), _arch(job), epoch_of(progress),
+                      pct(final.get("test_acc", progress.get("test_acc"))), _when(job.get("created_at")))
+    return table
+
+
+def job_table(job: dict[str, Any]) -> Table:
+    """One job as a two-column key/value table."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    spec = job.get("spec") or {}
+    data = spec.get("data") or {}
+    state = state_text(job) + (f" ({job['reason']})" if job.get("reason") else "")
+    rows = [("id", job["id"]), ("name", escape(job.get("name", ""))), ("state", state),
+            ("message", escape(job.get("message") or "")), ("model", _arch(job)),
+            ("data", f"{data.get('name', '?')}" + (f", {data['subset']} per class" if data.get("subset") else "")),
+            ("created", _when(job.get("created_at"))), ("started", _when(job.get("started_at"))),
+            ("finished", _when(job.get("finished_at"))), ("attempts", str(job.get("attempts", "")))]
+    progress = job.get("progress")
+    if progress:
+        rows.append(("progress", f"epoch {epoch_of(progress)}, step {progress.get('step', 0)}/"
+                                 f"{progress.get('total_steps', '?')}, loss {num(progress.get('loss'))}, "
+                                 f"train {pct(progress.get('train_acc'))}, test {pct(progress.get('test_acc'))}"))
+    final = job.get("final")
+    if final:
+        best = final.get("best_epoch")
+        rows.append(("final", f"train {pct(final.get('train_acc'))} (loss {num(final.get('train_loss'))}), "
+                              f"test {pct(final.get('test_acc'))} (loss {num(final.get('test_loss'))})"
+                              + (f", best test {pct(final.get('best_test_acc'))} at epoch {best + 1}"
+                                 if isinstance(best, int) else "")
+                              + (f", {duration(final.get('seconds'))}" if final.get("seconds") else "")))
+    weight = ((job.get("summary") or {}).get("weight")) or {}
+    if weight:
+        rows.append(("gradients", f"first/last layer {ratio(weight.get('first_last_ratio'))}: "
+                                  + ("[red]VANISHING[/]" if weight.get("vanishing") else "flowing")))
+    env = job.get("environment") or {}
+    if env:
+        rows.append(("device", ", ".join(str(env[k]) for k in ("device", "gpu", "torch") if env.get(k))))
+    for key, value in rows:
+        if value not in (None, ""):
+            table.add_row(key, str(value))
+    return table
+
+
+def compare_table(body: dict[str, Any]) -> Table:
+    """Jobs as columns, measures as rows: the readable way to compare a few runs."""
+    jobs = body.get("jobs") or []
+    table = Table(show_edge=False)
+    table.add_column("", style="bold", no_wrap=True)
+    for job in jobs:
+        table.add_column(escape(job.get("name") or job["id"]), justify="right", overflow="fold")
+    rows: list[tuple[str, Any]] = [
+        ("id", lambda j: j["id"]),
+        ("arch", lambda j: j.get("arch") or "-"),
+        ("state", state_text),
+        ("train acc", lambda j: pct(_final(j, "train_acc"))),
+        ("test acc", lambda j: pct(_final(j, "test_acc"))),
+        ("train loss", lambda j: num(_final(j, "train_loss"))),
+        ("test loss", lambda j: num(_final(j, "test_loss"))),
+        ("best epoch", _best_epoch),
+        ("time", lambda j: duration(j.get("seconds", _final(j, "seconds")))),
+        ("parameters", lambda j: si(j.get("params"))),
+        ("FLOPs/image", lambda j: si(j.get("flops_per_image"))),
+        ("grad first/last", lambda j: ratio(_weight(j).get("first_last_ratio"))),
+        ("vanishing", _vanishing),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(job) for job in jobs))
+    return table
+
+
+def epochs_table(metrics: dict[str, Any]) -> Table:
+    table = Table(show_edge=False)
+    for name in ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "time", "img/s"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for e in metrics.get("epochs") or []:
+        table.add_row(str(e.get("epoch", 0) + 1), num(e.get("train_loss")), pct(e.get("train_acc")),
+                      num(e.get("test_loss")), pct(e.get("test_acc")), num(e.get("lr"), ".2e"),
+                      duration(e.get("seconds")), num(e.get("images_per_sec"), ".0f"))
+    return table
+
+
+def models_table(body: dict[str, Any]) -> Table:
+    table = Table(title=f"archs: {', '.join(body.get('archs') or [])}", show_edge=False)
+    table.add_column("option", no_wrap=True)
+    table.add_column("allowed", overflow="fold")
+    table.add_column("default", no_wrap=True)
+    for name, option in (body.get("options") or {}).items():
+        option = option if isinstance(option, dict) else {"default": option}
+        allowed = option.get("allowed")
+        table.add_row(name, ", ".join(map(str, allowed)) if isinstance(allowed, list) else str(allowed or "-"),
+                      str(option.get("default")))
+    return table
+
+
+def _arch(job: dict[str, Any]) -> str:
+    model = (job.get("spec") or {}).get("model") or {}
+    return str(model.get("arch", "-"))
+
+
+def _when(stamp: Any) -> str:
+    """``2026-11-28T15:20:00.123Z`` -> ``2026-11-28 15:20:00``."""
+    return str(stamp).replace("T", " ")[:19] if stamp else "-"
+
+
+def _final(job: dict[str, Any], key: str) -> Any:
+    return (job.get("final") or {}).get(key)
+
+
+def _weight(job: dict[str, Any]) -> dict[str, Any]:
+    return (job.get("summary") or {}).get("weight") or {}
+
+
+def _best_epoch(job: dict[str, Any]) -> str:
+    best = _final(job, "best_epoch")
+    return str(best + 1) if isinstance(best, int) else "-"
+
+
+def _vanishing(job: dict[str, Any]) -> str:
+    flag = _weight(job).get("vanishing")
+    return "-" if flag is None else "[red]yes[/]" if flag else "no"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

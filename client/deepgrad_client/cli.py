@@ -1,0 +1,299 @@
+"""``deepgrad-client``: the command line over ``Client``.
+
+Exit codes: 0 ok; 1 the server or the request failed (the message goes to stderr, no traceback), and
+``watch``/``submit --watch`` also exit 1 when the job ends other than ``succeeded``; 2 a usage error
+(click's), including a spec file that does not parse or a malformed ``--set`` or job id.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.markup import escape
+
+from . import _render
+from ._client import TERMINAL_STATES, Client, Job
+from ._exceptions import DeepGradError, InputError
+from ._spec import apply_overrides, load_spec
+from ._watch import watch as watch_job
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "metrics", "filters", "cost")
+COMPARE_PLOT_KINDS = ("metrics", "depth", "filters")
+GRADIENT_KINDS = ("weight", "activation", "global")
+
+
+class _InputProblem(click.ClickException):
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns the client's errors into click's: message on stderr, exit 1 (2 for bad local input)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as err:
+            raise _InputProblem(str(err)) from None
+        except DeepGradError as err:
+            raise click.ClickException(str(err)) from None
+
+
+class _State:
+    """What the group's options set up; the client is made on first use (``--help`` needs none)."""
+
+    def __init__(self, url: str | None, token: str | None, retries: int, timeout: float) -> None:
+        self.url, self.token, self.retries, self.timeout = url, token, retries, timeout
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0))
+            self._client = Client(self.url, self.token, retries=self.retries, timeout=timeout)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+pass_state = click.make_pass_decorator(_State)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the server's JSON (for scripts).")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", metavar="URL",
+              help="Server URL [env DEEPGRAD_URL, else the config file, else http://127.0.0.1:8000].")
+@click.option("--token", metavar="TOKEN",
+              help="Bearer token [env DEEPGRAD_TOKEN, else the config file, else the local server's token file].")
+@click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
+              help="Retries of a request that failed on the way (connection errors, 502/503/504).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for an answer.")
+@click.version_option(package_name="deepgrad", prog_name="deepgrad-client")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None, retries: int, timeout: float) -> None:
+    """Submit DeepGrad training jobs, watch them, and compare how gradients flowed."""
+    ctx.obj = _State(url, token, retries, timeout)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="deepgrad-client")
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _finish(job: Job) -> None:
+    """Exit 1 with the reason when a watched job did not succeed."""
+    if job.get("state") != "succeeded":
+        why = ": ".join(str(x) for x in (job.get("reason"), job.get("message")) if x)
+        raise click.ClickException(f"job {job['id']} {job.get('state')}" + (f" ({why})" if why else ""))
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a spec field, e.g. --set train.lr=0.01 --set model.batch_norm=true (repeatable).")
+@click.option("--name", help="Job name (default: the spec's name, else the file's stem).")
+@click.option("--watch", is_flag=True, help="Show progress until the job ends.")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between polls when the event stream is unavailable.")
+@json_option
+@pass_state
+def submit(state: _State, spec: Path, overrides: tuple[str, ...], name: str | None, watch: bool, poll: float,
+           as_json: bool) -> None:
+    """Queue a job from a spec file (.yaml, .yml or .json)."""
+    body = apply_overrides(load_spec(spec), overrides)
+    job = state.client.submit(body, name=name or body.get("name") or spec.stem)
+    if not watch:
+        _print_json(job) if as_json else _out().print(
+            f"submitted [bold]{job['id']}[/] ({escape(job['name'])}): {_render.state_text(job)}\n"
+            f"watch it with: deepgrad-client watch {job['id']}")
+        return
+    if not as_json:
+        _out().print(f"submitted [bold]{job['id']}[/] ({escape(job['name'])})")
+    _watch_and_finish(state, job["id"], poll, as_json)
+
+
+@cli.command(name="list")
+@click.option("--state", "state_filter", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--name", help="Only jobs whose name contains this.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@json_option
+@pass_state
+def list_jobs(state: _State, state_filter: str | None, name: str | None, limit: int, offset: int,
+              as_json: bool) -> None:
+    """List jobs, newest first."""
+    page = state.client.list(state=state_filter, name=name, limit=limit, offset=offset)
+    if as_json:
+        return _print_json(page)
+    out = _out()
+    jobs = page.get("data") or []
+    if not jobs:
+        out.print("no jobs" + (" match" if state_filter or name or offset else " yet"))
+        return
+    out.print(_render.jobs_table(jobs))
+    out.print(f"[dim]{offset + 1}-{offset + len(jobs)} of {page.get('count', len(jobs))}[/]")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+@pass_state
+def status(state: _State, job_id: str, as_json: bool) -> None:
+    """Show one job: state, progress, final metrics, gradient verdict."""
+    job = state.client.get(job_id)
+    _print_json(job) if as_json else _out().print(_render.job_table(job))
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between polls when the event stream is unavailable.")
+@json_option
+@pass_state
+def watch(state: _State, job_id: str, poll: float, as_json: bool) -> None:
+    """Show a job's progress, epoch by epoch, until it ends (exit 1 unless it succeeded)."""
+    _watch_and_finish(state, job_id, poll, as_json)
+
+
+def _watch_and_finish(state: _State, job_id: str, poll: float, as_json: bool) -> None:
+    if as_json:  # no live display: scripts get the ended job only
+        job = state.client.wait(job_id, poll=poll)
+        _print_json(job)
+    else:
+        out = _out()
+        job = watch_job(state.client, job_id, out, poll=poll)
+        out.print(_render.job_table(job))
+    _finish(job)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+@pass_state
+def cancel(state: _State, job_id: str, as_json: bool) -> None:
+    """Cancel a queued or running job."""
+    job = state.client.cancel(job_id)
+    if as_json:
+        return _print_json(job)
+    done = job.get("state") in TERMINAL_STATES
+    _out().print(f"{job['id']}: {_render.state_text(job)}" + ("" if done else " (stopping within seconds)"))
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pass_state
+def delete(state: _State, job_id: str) -> None:
+    """Delete an ended job and all its data."""
+    state.client.delete(job_id)
+    _out().print(f"deleted {job_id}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+@pass_state
+def metrics(state: _State, job_id: str, as_json: bool) -> None:
+    """Per-epoch loss and accuracy of a job."""
+    body = state.client.metrics(job_id)
+    _print_json(body) if as_json else _out().print(_render.epochs_table(body))
+
+
+@cli.command()
+@json_option
+@pass_state
+def models(state: _State, as_json: bool) -> None:
+    """Architectures and options the server accepts."""
+    body = state.client.models()
+    if as_json:
+        return _print_json(body)
+    out = _out()
+    out.print(_render.models_table(body))
+    if body.get("datasets"):
+        out.print(f"data sets: {', '.join(map(str, body['datasets']))}")
+    if body.get("limits"):
+        out.print("limits: " + ", ".join(f"{k} {v}" for k, v in body["limits"].items()))
+
+
+@cli.command()
+@json_option
+@pass_state
+def health(state: _State, as_json: bool) -> None:
+    """Whether the server is up, and its queue."""
+    body = state.client.health()
+    if as_json:
+        return _print_json(body)
+    _out().print(f"{state.client.base_url}: {body.get('status')} (version {body.get('version')}), "
+                 f"{body.get('queued')} queued, {body.get('running')} running, worker {body.get('worker')}")
+
+
+@cli.command()
+@click.argument("job_ids", metavar="ID1 ID2 [ID...]", nargs=-1, required=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Also save the comparison figure (PNG) here.")
+@click.option("--plot-kind", type=click.Choice(COMPARE_PLOT_KINDS), default="metrics", show_default=True)
+@json_option
+@pass_state
+def compare(state: _State, job_ids: tuple[str, ...], plot_path: Path | None, plot_kind: str, as_json: bool) -> None:
+    """Compare 2-12 jobs: accuracy, loss, time, cost and the gradient ratio side by side."""
+    if not 2 <= len(job_ids) <= 12:
+        raise click.UsageError(f"compare takes 2 to 12 job ids, got {len(job_ids)}")
+    body = state.client.compare(job_ids)
+    if as_json:
+        _print_json(body)
+    else:
+        _out().print(_render.compare_table(body))
+    if plot_path is not None:
+        plot_path.write_bytes(state.client.compare_plot(plot_kind, job_ids))
+        click.echo(f"wrote {plot_path}", err=as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.argument("kind", type=click.Choice(PLOT_KINDS))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Where to write the PNG.")
+@click.option("--norm-kind", type=click.Choice(("weight", "activation")), help="Which gradient norms.")
+@click.option("--layers", help="Comma-separated layer names (for 'selected').")
+@click.option("--epochs", help="Comma-separated 1-based epochs (for 'depth').")
+@click.option("--smooth", type=click.IntRange(0, 1000), help="Moving-average window in steps.")
+@click.option("--max-points", type=click.IntRange(2, 100_000))
+@pass_state
+def plot(state: _State, job_id: str, kind: str, output: Path, norm_kind: str | None, layers: str | None,
+         epochs: str | None, smooth: int | None, max_points: int | None) -> None:
+    """Save one of a job's figures as PNG: norms, selected, heatmap, depth, metrics, filters, cost."""
+    state.client.save_plot(job_id, kind, output, norm_kind=norm_kind, layers=layers, epochs=epochs,
+                           smooth=smooth, max_points=max_points)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              required=True, help="Where to write the CSV ('-': standard output).")
+@click.option("--kind", type=click.Choice(GRADIENT_KINDS), default="weight", show_default=True)
+@pass_state
+def export(state: _State, job_id: str, csv_path: Path, kind: str) -> None:
+    """Export a job's full per-layer gradient-norm series as CSV (step,<layer>,...)."""
+    if str(csv_path) == "-":
+        sys.stdout.write(state.client.gradients_csv(job_id, kind))
+        return
+    state.client.export(job_id, csv_path, kind)
+    click.echo(f"wrote {csv_path}")
