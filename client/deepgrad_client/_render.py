@@ -43,6 +43,8 @@ def si(x: Any) -> str:
 def duration(seconds: Any) -> str:
     if not _finite(seconds):
         return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -96,14 +98,15 @@ def job_table(job: dict[str, Any]) -> Table:
                               f"test {pct(final.get('test_acc'))} (loss {num(final.get('test_loss'))})"
                               + (f", best test {pct(final.get('best_test_acc'))} at epoch {best + 1}"
                                  if isinstance(best, int) else "")
-                              + (f", {duration(final.get('seconds'))}" if final.get("seconds") else "")))
+                              + (f", {duration(final.get('seconds'))}" if _finite(final.get("seconds")) else "")))
     weight = ((job.get("summary") or {}).get("weight")) or {}
     if weight:
         rows.append(("gradients", f"first/last layer {ratio(weight.get('first_last_ratio'))}: "
                                   + ("[red]VANISHING[/]" if weight.get("vanishing") else "flowing")))
     env = job.get("environment") or {}
     if env:
-        rows.append(("device", ", ".join(str(env[k]) for k in ("device", "gpu", "torch") if env.get(k))))
+        parts = [str(env[k]) for k in ("device", "gpu") if env.get(k)]
+        rows.append(("device", ", ".join(parts + ([f"torch {env['torch']}"] if env.get("torch") else []))))
     for key, value in rows:
         if value not in (None, ""):
             table.add_row(key, str(value))
