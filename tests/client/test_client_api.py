@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -105,6 +106,23 @@ def test_submit_repo_spec_files_are_accepted(idle: Live, spec_file: Path) -> Non
         client.cancel(job["id"])
     assert job["state"] == "queued"
     assert job["spec"]["model"]["arch"] == yaml.safe_load(spec_file.read_text())["model"]["arch"]
+
+
+def _readme_specs() -> list[dict]:
+    text = (REPO / "client" / "README.md").read_text()
+    blocks = re.findall(r"```(yaml|json)\n(.*?)```", text, flags=re.S)
+    parsed = [yaml.safe_load(body) if lang == "yaml" else json.loads(body) for lang, body in blocks]
+    return [spec for spec in parsed if "model" in spec]  # not the config file's example
+
+
+def test_readme_spec_examples_are_accepted(idle: Live) -> None:
+    specs = _readme_specs()
+    assert [spec["model"]["arch"] for spec in specs] == ["vgg_deep", "vgg16", "resnet18"]
+    with idle.client() as client:
+        for spec in specs:
+            job = client.submit(spec)
+            assert job["name"] == spec["name"] and job["spec"]["model"]["arch"] == spec["model"]["arch"]
+            client.cancel(job["id"])
 
 
 def test_submit_invalid_spec_carries_the_servers_field_messages(idle: Live) -> None:

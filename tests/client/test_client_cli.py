@@ -202,6 +202,7 @@ def test_cli_plot_and_export(server: Live, finished, tmp_path: Path) -> None:
     assert export.exit_code == 0, export.output
     rows = list(csv.reader(io.StringIO((tmp_path / "w.csv").read_text())))
     assert rows[0][:3] == ["step", "conv1", "conv2"] and len(rows) == 1 + 2 * finished.residual["steps_per_epoch"]
+    assert run(server, "export", job_id, "--csv", "-").stdout == (tmp_path / "w.csv").read_text()
     assert run(server, "plot", job_id, "nonsense", "-o", str(tmp_path / "x.png")).exit_code == 2
 
 
