@@ -18,7 +18,6 @@ A read timeout is not retried (the request may still be running), and neither is
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
 import random
@@ -165,7 +164,10 @@ class Client:
                 raise
 
     def events(self, job_id: str) -> Iterator[Event]:
-        """The job's server-sent events until it ends: ``progress``, ``state`` and a final ``end`` (the Job)."""
+        """The job's server-sent events until it ends: ``progress``, ``state`` and a final ``end`` (the Job).
+
+        A generator: the request is made, and its errors raised, at the first ``next()``.
+        """
         timeout = self._http.timeout
         timeout = httpx.Timeout(timeout.connect, read=max(timeout.read or 0.0, STREAM_READ_TIMEOUT),
                                 write=timeout.write, pool=timeout.pool)
@@ -330,7 +332,7 @@ def _params(**params: Any) -> dict[str, Any]:
     for key, value in params.items():
         if value is None:
             continue
-        if isinstance(value, (builtins.list, tuple)):
+        if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             value = str(value).lower()

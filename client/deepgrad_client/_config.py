@@ -50,7 +50,8 @@ def token_file_path() -> Path:
 
 def resolve(url: str | None = None, token: str | None = None) -> Settings:
     """The URL and token to use, by the order in the module docstring."""
-    config = _read_config(config_path())
+    needed = not (url or os.environ.get("DEEPGRAD_URL")) or not (token or os.environ.get("DEEPGRAD_TOKEN"))
+    config = _read_config(config_path()) if needed else {}
     url, url_source = _first((url, "argument"), (os.environ.get("DEEPGRAD_URL"), "DEEPGRAD_URL"),
                              (config.get("url"), str(config_path())), (DEFAULT_URL, "default"))
     token, token_source = _first((token, "argument"), (os.environ.get("DEEPGRAD_TOKEN"), "DEEPGRAD_TOKEN"),

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from click.testing import CliRunner, Result
 from client_live import TINY, TOKEN, Flaky, Live, serve
 
 from deepgrad_client import Event
+from deepgrad_client.cli import cli
 
 
 @pytest.fixture(scope="session")
@@ -64,12 +66,13 @@ def idle(idle_server: Live) -> Iterator[Live]:
 
 @dataclass
 class Finished:
-    """Two tiny jobs run to the end, and what the client saw while they ran."""
+    """Two tiny jobs run to the end, and what the client and the CLI saw while they ran."""
 
     residual: dict[str, Any]
     plain: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
-    progress_calls: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event]  # Client.events() of the residual job, start to end
+    watch: Result  # `deepgrad-client watch` of the residual job, at the same time
+    progress_calls: list[dict[str, Any]]  # Client.wait(progress=...) of the plain job
 
     @property
     def ids(self) -> list[str]:
@@ -78,15 +81,25 @@ class Finished:
 
 @pytest.fixture(scope="session")
 def finished(server: Live) -> Finished:
-    """ResNet-18 and its plain twin (no shortcuts), trained 2 epochs; one followed by events, one by polling."""
+    """ResNet-18 and its plain twin (no shortcuts), trained 2 epochs: one followed by events, one by polling."""
+    events: list[Event] = []
+
+    def collect(job_id: str) -> None:
+        with server.client() as client:
+            events.extend(client.events(job_id))
+
     with server.client() as client:
         residual = client.submit(TINY, name="tiny-residual")
         plain = client.submit({**TINY, "model": {**TINY["model"], "residual": False}}, name="tiny-plain")
-        events = list(client.events(residual["id"]))
+        collector = threading.Thread(target=collect, args=(residual["id"],))
+        collector.start()
+        watch = CliRunner(env={"COLUMNS": "200"}).invoke(
+            cli, ["--url", server.url, "--token", server.token, "watch", residual["id"]])
+        collector.join(120)
         calls: list[dict[str, Any]] = []
         plain = client.wait(plain["id"], progress=calls.append, poll=0.2, timeout=120)
         residual = client.get(residual["id"])
-    return Finished(residual=residual, plain=plain, events=events, progress_calls=calls)
+    return Finished(residual=residual, plain=plain, events=events, watch=watch, progress_calls=calls)
 
 
 @pytest.fixture(autouse=True)

@@ -137,16 +137,22 @@ def test_cli_submit_list_status_cancel_delete(idle: Live, spec_file: Path) -> No
     assert "no jobs match" in run(idle, "list", "--name", name).stdout
 
 
-def test_cli_watch_falls_back_to_polling_when_the_stream_fails(idle: Live, spec_file: Path) -> None:
-    job_id = json.loads(run(idle, "submit", str(spec_file), "--json").stdout)["id"]
+def test_cli_submit_watch_falls_back_to_polling_when_the_stream_fails(idle: Live, spec_file: Path) -> None:
     idle.flaky.fail("/events", times=10, status=503, forward=False)
 
-    def cancel_soon() -> None:
-        time.sleep(0.5)
-        run(idle, "cancel", job_id)
+    def cancel_once_the_stream_was_tried() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tried = [path for method, path in list(idle.flaky.seen) if path.endswith("/events")]
+            if tried:
+                with idle.client() as client:  # not through CliRunner: it swaps sys.stdout for the whole process
+                    client.cancel(tried[0].split("/")[2])
+                return
+            time.sleep(0.02)
 
-    threading.Thread(target=cancel_soon).start()
-    result = run(idle, "--retries", "1", "watch", job_id, "--poll", "0.1")
+    threading.Thread(target=cancel_once_the_stream_was_tried).start()
+    result = run(idle, "--retries", "1", "submit", str(spec_file), "--watch", "--poll", "0.1")
+    job_id = result.stdout.split()[1]
     assert "the event stream failed" in result.stdout and "polling every 0.1 s" in result.stdout
     assert f"job {job_id} cancelled" in assert_clean_error(result)  # exit 1: it did not succeed
 
@@ -160,10 +166,8 @@ def test_cli_models(idle: Live) -> None:
 
 # -- finished jobs (worker server) --------------------------------------------------------------
 
-def test_cli_submit_watch_follows_a_job_to_success(server: Live, tmp_path: Path) -> None:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    result = run(server, "submit", str(path), "--watch")
+def test_cli_watch_follows_a_job_to_success(finished) -> None:
+    result = finished.watch  # `deepgrad-client watch ID` of a job that was queued when it started
     assert result.exit_code == 0, result.output
     assert "state: queued" in result.stdout or "state: running" in result.stdout
     assert "state: succeeded" in result.stdout

@@ -51,6 +51,7 @@ def test_broken_config_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     config.write_text("{not json")
     with pytest.raises(DeepGradError, match="not valid JSON"):
         resolve()
+    assert resolve("http://x:1", "tok").token == "tok"  # not read when nothing is needed from it
     config.write_text('{"token": 5}')
     with pytest.raises(DeepGradError, match="must be a JSON object like"):
         resolve()
