@@ -27,7 +27,7 @@ def parse_ids(ids: str) -> list[str]:
     parts = list(dict.fromkeys(p.strip() for p in ids.split(",") if p.strip()))
     bad = [p for p in parts if not re.fullmatch(JOB_ID_PATTERN, p)]
     if bad or not 1 <= len(parts) <= MAX_COMPARE:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail=f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters"
                                    + (f"; not ids: {bad[:5]}" if bad else ""))
     return parts
@@ -43,7 +43,7 @@ def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool, ren
             raise HTTPException(status.HTTP_404_NOT_FOUND if cacheable else status.HTTP_409_CONFLICT,
                                 detail=str(err)) from err
         except ValueError as err:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(err)) from err
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from err
         if cacheable:
             cache.put(key, ids, png)
     return Response(png, media_type="image/png",

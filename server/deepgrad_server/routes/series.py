@@ -52,7 +52,7 @@ def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail=f"unknown layer(s) {unknown}; this job tracks {list(known)}")
     return [known.index(n) for n in dict.fromkeys(names)]
 
@@ -65,7 +65,7 @@ def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weig
     """A job's per-layer norm series, min/max downsampled to at most ``max_points`` steps."""
     job = load_job(db, job_id)
     if start is not None and end is not None and end <= start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=f"end ({end}) must be after start ({start})")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"end ({end}) must be after start ({start})")
     block = cached_norms(request, db, job, kind)
     if block is None:
         raise _missing(job, kind)
