@@ -55,7 +55,7 @@ def test_killed_job_process_resumes_from_checkpoint(live_server: LiveServer) -> 
         pids = live_server.job_pids()
         assert len(pids) == 1
         os.kill(pids[0], signal.SIGKILL)
-        job = wait_for(client, job_id, timeout=120)
+        job = wait_for(client, job_id)
         assert job["state"] == "succeeded", job
         assert job["attempts"] == 2
         spe = job["steps_per_epoch"]

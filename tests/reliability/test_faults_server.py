@@ -66,7 +66,7 @@ def test_server_killed_while_a_job_writes(tmp_path: Path) -> None:
     server.start()
     try:
         with server.client() as client:
-            job = wait_for(client, job_id, timeout=120)
+            job = wait_for(client, job_id)
             assert job["state"] == "succeeded" and job["attempts"] == 2, job
             total = 3 * job["steps_per_epoch"]
             assert series_steps(client, job_id) == list(range(total))

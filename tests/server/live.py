@@ -102,9 +102,11 @@ class LiveServer:
         return pids
 
 
-def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, timeout: float = 120,
+def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, timeout: float = 300,
              until: Any = None) -> dict[str, Any]:
-    """Poll a job until it is in one of ``states`` (default: terminal) or ``until(job)`` holds."""
+    """Poll a job until it is in one of ``states`` (default: terminal) or ``until(job)`` holds.
+
+    The timeout is generous: a job trains at nice 10, so a machine busy with other work slows it a lot."""
     states = states or TERMINAL
     deadline = time.monotonic() + timeout
     while True:

@@ -40,7 +40,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, cifar10_root: Path) -> It
                 assert r.headers["location"] == f"/jobs/{r.json()['id']}"
                 ids[arch] = r.json()["id"]
             for job_id in ids.values():
-                job = wait_for(client, job_id, timeout=180)
+                job = wait_for(client, job_id)
                 assert job["state"] == "succeeded", job
         yield server, ids
     finally:
