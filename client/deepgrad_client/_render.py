@@ -60,12 +60,12 @@ def epoch_of(progress: dict[str, Any] | None) -> str:
 def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
     table = Table(show_edge=False)
     table.add_column("id", no_wrap=True)
-    table.add_column("name", overflow="fold")
+    table.add_column("name", overflow="fold", min_width=8)
     table.add_column("state", no_wrap=True)
     table.add_column("arch", no_wrap=True)
     table.add_column("epoch", justify="right", no_wrap=True)
     table.add_column("test acc", justify="right", no_wrap=True)
-    table.add_column("created", no_wrap=True)
+    table.add_column("created", overflow="fold")
     for job in jobs:
         final, progress = job.get("final") or {}, job.get("progress") or {}
         table.add_row(job["id"], escape(job.get("name", "")), state_text(job), _arch(job), epoch_of(progress),
