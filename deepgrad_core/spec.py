@@ -17,9 +17,10 @@ resnet18   True        0.0      True      (n/a)       sgd
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 ARCHS = ("vgg16", "vgg_deep", "resnet18")
 KERNEL_SIZES = (3, 5, 7)
@@ -44,8 +45,25 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_number(annotation: Any) -> bool:
+    """Whether a field holds an int or a float (``int | None`` included; ``bool`` is not a number here)."""
+    return annotation in (int, float) or any(_is_number(a) for a in typing.get_args(annotation))
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        """JSON ``false`` or ``"5"`` is not a number: refuse it rather than read it as 0 or 5
+        (``checkpoint_every: false`` silently meaning "never checkpoint" would be a trap). ``5.0`` is 5."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, (bool, str)) and _is_number(field.annotation):
+                    raise ValueError(f"{name} must be a number, got {value!r}")
+        return data
 
 
 class ModelSpec(_Spec):
@@ -55,11 +73,11 @@ class ModelSpec(_Spec):
     kernel_size: Literal[3, 5, 7] = 3
     pooling: Literal["max", "avg"] = "max"
     activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
-    batch_norm: bool | None = None
+    batch_norm: StrictBool | None = None
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
-    bottleneck: bool = False
+    bottleneck: StrictBool = False
     bottleneck_factor: int = Field(default=4, ge=2, le=16)
-    residual: bool | None = None
+    residual: StrictBool | None = None
     init: Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"] = "default"
     extra_convs: int | None = Field(default=None, ge=0, le=16)
     width: float = Field(default=1.0, gt=0.0, le=4.0)
@@ -97,7 +115,7 @@ class DataSpec(_Spec):
     name: Literal["cifar10", "fashion_mnist", "synthetic"] = "cifar10"
     subset: int | None = Field(default=None, ge=1, description="training images per class (None: all)")
     test_subset: int | None = Field(default=None, ge=1, description="test images per class (None: all)")
-    augment: bool = True
+    augment: StrictBool = True
     image_size: int | None = Field(default=None, ge=8, le=64,
                                    description="synthetic only: side of the square images (default 32)")
 
@@ -108,7 +126,7 @@ class TrainSpec(_Spec):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(default=0.05, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    nesterov: StrictBool = False
     weight_decay: float = Field(default=5e-4, ge=0.0)
     schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(default=0.0, ge=0.0)

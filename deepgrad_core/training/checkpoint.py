@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,27 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         raise
 
 
+class CheckpointError(ValueError):
+    """A file at the checkpoint path that is not a DeepGrad checkpoint (never unpickled, never run)."""
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    """``safe_open`` of a checkpoint; a file that is not one is a ``CheckpointError`` naming it."""
+    try:
+        handle = safe_open(str(path), framework="pt")
+        metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors says "header too large" and the like, not which file
+        raise CheckpointError(f"{path} is not a DeepGrad checkpoint (safetensors): {err}") from err
+    if "meta" not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not a DeepGrad checkpoint (no 'meta')")
+    with handle as f:
+        yield f
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """The checkpoint's metadata (epoch, history, spec) without loading a tensor."""
-    with safe_open(str(path), framework="pt") as f:
+    with _open(path) as f:
         return json.loads(f.metadata()["meta"])
 
 
@@ -65,7 +85,7 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
                     scaler: torch.amp.GradScaler | None) -> tuple[dict[str, Any], dict[str, NormBlock]]:
     """Restore model, optimizer and scaler in place; return (meta, norms recorded so far)."""
     device = next(model.parameters()).device
-    with safe_open(str(path), framework="pt") as f:
+    with _open(path) as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta = json.loads(metadata["meta"])

@@ -6,6 +6,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from deepgrad_server import store
@@ -43,6 +44,11 @@ def require_token(request: Request,
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="12 lowercase hex characters")]
+
+
+def invalid(msg: str, *loc: str | int) -> RequestValidationError:
+    """A 422 shaped like FastAPI's own (``detail`` a list of ``{loc, msg, type}``), for rules a handler checks."""
+    return RequestValidationError([{"type": "value_error", "loc": ("query", *loc), "msg": msg, "input": None}])
 
 
 def load_job(db: Database, job_id: str) -> Job:

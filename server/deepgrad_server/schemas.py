@@ -86,6 +86,25 @@ class SeriesPublic(BaseModel):
     values: list[list[float | None]] = Field(description="one list per layer, aligned with steps; NaN/inf: null")
 
 
+class ErrorMessage(BaseModel):
+    detail: str = Field(description="what went wrong, and what to do about it")
+
+
+_ERROR_TEXT = {
+    400: "the body is not readable as JSON text",
+    401: "token missing or wrong",
+    404: "no such job, or the data asked for were never recorded",
+    409: "not possible in the job's state (or an Idempotency-Key reused with another body)",
+    413: "request body over the limit (DEEPGRAD_MAX_BODY_BYTES)",
+    429: "the queue is full (DEEPGRAD_MAX_QUEUED)",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each ``{"detail": "..."}``."""
+    return {code: {"model": ErrorMessage, "description": _ERROR_TEXT[code]} for code in codes}
+
+
 class Health(BaseModel):
     status: str
     version: str

@@ -141,7 +141,7 @@ def test_cli_invalid_spec_exits_2_naming_field(tmp_path: Path, capsys: pytest.Ca
                                                    ("trian.lr=0.1", "trian: unknown field"),
                                                    ("train.lr.x=1", "train.lr is a value, not a section"),
                                                    ("train.lr", "expected KEY.PATH=VALUE"),
-                                                   ("train.lr=abc", "train.lr: Input should be a valid number")])
+                                                   ("train.lr=abc", "lr must be a number, got 'abc'")])
 def test_cli_bad_set_exits_2(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str,
                              message: str) -> None:
     assert main([str(tiny), "--out", str(tmp_path / "out"), "--set", override]) == 2

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from deepgrad_server import store
 from deepgrad_server.deps import DbDep, load_job
 from deepgrad_server.jobdata import last_epoch_means, layer_info
-from deepgrad_server.routes.plots import parse_ids
+from deepgrad_server.routes.plots import Ids, parse_ids
 from deepgrad_server.routes.series import cached_norms
+from deepgrad_server.schemas import errors
 
 router = APIRouter(tags=["compare"])
 
 EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
-@router.get("/compare")
+@router.get("/compare", responses=errors(404))
 def compare(db: DbDep, request: Request,
-            ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")]) -> dict[str, Any]:
+            ids: Ids) -> dict[str, Any]:
     """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth."""
     jobs = [load_job(db, i) for i in parse_ids(ids)]
     rows, histories, by_depth = [], {}, {}

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from deepgrad_server import store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
 from deepgrad_server.models import TERMINAL
-from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, JobState, MetricsPublic, job_public
+from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, JobState, MetricsPublic, errors, job_public
 from deepgrad_server.settings import Settings
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +27,9 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, patt
                                               description="a retried POST with the same key returns the same job")]
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "the job an earlier POST with this Idempotency-Key "
+                              "made"}, **errors(400, 409, 413, 429)})
 def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Response,
                idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Queue a training job (201); a retried POST with the same Idempotency-Key returns the same job (200)."""
@@ -64,20 +66,22 @@ def _check_limits(body: JobCreate, settings: Settings) -> None:
 
 @router.get("/jobs", response_model=JobsPublic)
 def list_jobs(db: DbDep, state: JobState | None = None, name: Annotated[str | None, Query(max_length=100)] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> JobsPublic:
     """Jobs, newest first, filtered by state and by a substring of the name."""
     with db.reading() as s:
         jobs, count = store.list_jobs(s, state=state, name=name, limit=limit, offset=offset)
     return JobsPublic(data=[job_public(j) for j in jobs], count=count)
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic)
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=errors(404))
 def get_job(job_id: JobId, db: DbDep) -> JobPublic:
     """One job: spec, state, progress, timings, environment, final metrics, summary."""
     return job_public(load_job(db, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses=errors(404, 409))
 def cancel_job(job_id: JobId, db: DbDep) -> JobPublic:
     """Cancel a queued job now, a running one within a few seconds (its worker stops it)."""
     with db.writing() as s:
@@ -91,7 +95,7 @@ def cancel_job(job_id: JobId, db: DbDep) -> JobPublic:
     return job_public(job)
 
 
-@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_job(job_id: JobId, db: DbDep, settings: SettingsDep, request: Request) -> Response:
     """Remove a finished job, its series, metrics and checkpoint."""
     with db.writing() as s:
@@ -108,7 +112,7 @@ def delete_job(job_id: JobId, db: DbDep, settings: SettingsDep, request: Request
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPublic, responses=errors(404))
 def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
     """Epoch history (epoch counted from 0), final metrics, per-class report, confusion matrix, per-layer means."""
     job = load_job(db, job_id)
@@ -120,7 +124,8 @@ def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
+                       **errors(404)})
 async def job_events(job_id: JobId, db: DbDep, request: Request) -> StreamingResponse:
     """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job."""
     await anyio.to_thread.run_sync(load_job, db, job_id)  # 404 before the stream starts

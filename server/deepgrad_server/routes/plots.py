@@ -8,28 +8,31 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, PlotDataError, render_compare, render_job, to_png
-from deepgrad_server.deps import DbDep, JobId, load_job
+from deepgrad_server.deps import DbDep, JobId, invalid, load_job
 from deepgrad_server.jobdata import job_data
 from deepgrad_server.models import TERMINAL
-from deepgrad_server.schemas import JOB_ID_PATTERN
+from deepgrad_server.schemas import JOB_ID_PATTERN, errors
 
 router = APIRouter(tags=["plots"])
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 MAX_COMPARE = 12
 Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
-Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*\d+(\s*,\s*\d+)*\s*$",
+Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*[1-9]\d{0,5}(\s*,\s*[1-9]\d{0,5})*\s*$",
                                      description="comma-separated epochs counted from 1 (depth)")]
 
 
+IDS_PATTERN = rf"^\s*[0-9a-f]{{12}}(\s*,\s*[0-9a-f]{{12}}){{0,{MAX_COMPARE - 1}}}\s*$"
+Ids = Annotated[str, Query(max_length=400, pattern=IDS_PATTERN,
+                           description=f"1..{MAX_COMPARE} comma-separated job ids (12 lowercase hex characters)")]
+
+
 def parse_ids(ids: str) -> list[str]:
-    """Comma-separated job ids, each 12 hex characters, 1..12 of them, duplicates dropped."""
+    """The ids of a query ``Ids`` has checked, duplicates dropped."""
     parts = list(dict.fromkeys(p.strip() for p in ids.split(",") if p.strip()))
     bad = [p for p in parts if not re.fullmatch(JOB_ID_PATTERN, p)]
-    if bad or not 1 <= len(parts) <= MAX_COMPARE:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters"
-                                   + (f"; not ids: {bad[:5]}" if bad else ""))
+    if bad or not 1 <= len(parts) <= MAX_COMPARE:  # the pattern already says so: kept for direct callers
+        raise invalid(f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters", "ids")
     return parts
 
 
@@ -42,8 +45,11 @@ def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool, ren
         except PlotDataError as err:
             raise HTTPException(status.HTTP_404_NOT_FOUND if cacheable else status.HTTP_409_CONFLICT,
                                 detail=str(err)) from err
-        except ValueError as err:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(err)) from err
+        except ValueError as err:  # a parameter the figure cannot use: name it
+            msg = str(err)
+            param = next((p for p in ("norm_kind", "norm kind", "layers", "epochs", "smooth", "max_points")
+                          if p in msg), None)
+            raise invalid(msg, *([param.replace(" ", "_")] if param else [])) from err
         if cacheable:
             cache.put(key, ids, png)
     return Response(png, media_type="image/png",
@@ -59,7 +65,7 @@ def _names(text: str | None) -> list[str] | None:
     return names or None
 
 
-@router.get("/jobs/{job_id}/plots/{kind}.png", response_class=Response, responses=PNG)
+@router.get("/jobs/{job_id}/plots/{kind}.png", response_class=Response, responses={**PNG, **errors(404, 409)})
 def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Request,
              norm_kind: Literal["weight", "activation", "global"] = "weight", layers: Layers = None,
              epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
@@ -74,9 +80,9 @@ def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Reques
                                    epochs=_epochs(epochs), smooth=smooth, max_points=max_points))
 
 
-@router.get("/compare/plots/{kind}.png", response_class=Response, responses=PNG)
+@router.get("/compare/plots/{kind}.png", response_class=Response, responses={**PNG, **errors(404, 409)})
 def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request,
-                 ids: Annotated[str, Query(max_length=400, description="comma-separated job ids")],
+                 ids: Ids,
                  norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None) -> Response:
     """Several jobs on one figure: metrics, depth (relative depth 0..1) or filters."""
     jobs = [load_job(db, i) for i in parse_ids(ids)]

@@ -13,15 +13,16 @@ from fastapi.responses import StreamingResponse
 from deepgrad_core.norms import NormBlock
 from deepgrad_server import store
 from deepgrad_server.db import Database
-from deepgrad_server.deps import DbDep, JobId, load_job
+from deepgrad_server.deps import DbDep, JobId, invalid, load_job
 from deepgrad_server.jobdata import layer_info
 from deepgrad_server.models import TERMINAL, Job
-from deepgrad_server.schemas import SeriesPublic
+from deepgrad_server.schemas import SeriesPublic, errors
 
 router = APIRouter(tags=["gradients"])
 
 NormKind = Literal["weight", "activation", "global"]
 CSV_ROWS_PER_CHUNK = 5000
+MAX_STEP = 2**62  # steps are int64; bounded so that no comparison overflows
 
 
 def _missing(job: Job, kind: str) -> HTTPException:
@@ -52,20 +53,20 @@ def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"unknown layer(s) {unknown}; this job tracks {list(known)}")
+        raise invalid(f"unknown layer(s) {unknown}; this job tracks {list(known)}", "layers")
     return [known.index(n) for n in dict.fromkeys(names)]
 
 
-@router.get("/jobs/{job_id}/gradients", response_model=SeriesPublic)
+@router.get("/jobs/{job_id}/gradients", response_model=SeriesPublic, responses=errors(404, 409))
 def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weight",
               layers: Annotated[str | None, Query(max_length=2000, description="comma-separated names")] = None,
-              start: Annotated[int | None, Query(ge=0)] = None, end: Annotated[int | None, Query(ge=0)] = None,
+              start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+              end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
               max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000) -> SeriesPublic:
     """A job's per-layer norm series, min/max downsampled to at most ``max_points`` steps."""
     job = load_job(db, job_id)
     if start is not None and end is not None and end <= start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"end ({end}) must be after start ({start})")
+        raise invalid(f"end ({end}) must be after start ({start})", "end")
     block = cached_norms(request, db, job, kind)
     if block is None:
         raise _missing(job, kind)
@@ -87,7 +88,8 @@ def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weig
 
 
 @router.get("/jobs/{job_id}/gradients.csv", response_class=StreamingResponse,
-            responses={200: {"content": {"text/csv": {}}, "description": "step, then one column per layer"}})
+            responses={200: {"content": {"text/csv": {}}, "description": "step, then one column per layer"},
+                       **errors(404, 409)})
 def gradients_csv(job_id: JobId, db: DbDep, kind: NormKind = "weight") -> StreamingResponse:
     """The full series as CSV: ``step,<layer>,...``, one row per recorded step (nan/inf as such)."""
     job = load_job(db, job_id)
