@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import JobData
 from deepgrad_server import store
 from deepgrad_server.db import Database
 from deepgrad_server.models import Job
 
 
-def job_data(db: Database, job: Job) -> JobData:
+def job_data(db: Database, job: Job, kinds: tuple[str, ...] | None = None,
+             load: Callable[[Job, str], NormBlock | None] | None = None) -> JobData:
+    """``kinds``: the norm kinds to load (default: every recorded one); ``load(job, kind)`` loads one
+    (default: from the store; the plot routes pass their cache of finished jobs' series)."""
+    wanted = [k for k in (job.norm_layers or {}) if kinds is None or k in kinds]
     with db.reading() as s:
-        series = {kind: store.load_norms(s, job_id=job.id, kind=kind) for kind in (job.norm_layers or {})}
+        series = {k: load(job, k) if load is not None else store.load_norms(s, job_id=job.id, kind=k) for k in wanted}
         history = store.epochs(s, job_id=job.id)
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),

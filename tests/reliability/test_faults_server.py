@@ -51,13 +51,15 @@ def test_server_killed_while_a_job_writes(tmp_path: Path) -> None:
     checkpoint with a series that has no gap and no duplicate; queued jobs stay queued and run."""
     server = LiveServer(tmp_path / "srv", None).start()
     spec = {**TINY, "data": {**TINY["data"], "subset": 300}, "train": {"epochs": 3, "batch_size": 16}}
-    with server.client() as client:
-        job_id = client.post("/jobs", json=spec).json()["id"]
-        queued = client.post("/jobs", json=TINY).json()["id"]
-        wait_for(client, job_id, until=lambda j: j["state"] == "running" and (j["progress"] or {}).get("epoch", 0) >= 1
-                 and j["progress"]["step"] % j["steps_per_epoch"] != 0)
-        children = server.job_pids()
-    server.stop(signal.SIGKILL)
+    try:
+        with server.client() as client:
+            job_id = client.post("/jobs", json=spec).json()["id"]
+            queued = client.post("/jobs", json=TINY).json()["id"]
+            wait_for(client, job_id, until=lambda j: j["state"] == "running"
+                     and (j["progress"] or {}).get("epoch", 0) >= 1 and j["progress"]["step"] % j["steps_per_epoch"])
+            children = server.job_pids()
+    finally:
+        server.stop(signal.SIGKILL)  # on failure too: a leaked server would slow every later test
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -7,16 +7,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
-from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, PlotDataError, render_compare, render_job, to_png
+from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, JobData, PlotDataError, render_compare, render_job, to_png
+from deepgrad_server.db import Database
 from deepgrad_server.deps import DbDep, JobId, invalid, load_job
 from deepgrad_server.jobdata import job_data
-from deepgrad_server.models import TERMINAL
+from deepgrad_server.models import TERMINAL, Job
+from deepgrad_server.routes.series import cached_norms
 from deepgrad_server.schemas import JOB_ID_PATTERN, errors
 
 router = APIRouter(tags=["plots"])
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 MAX_COMPARE = 12
+NO_SERIES = ("metrics", "filters", "cost")
 Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
 Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*[1-9]\d{0,5}(\s*,\s*[1-9]\d{0,5})*\s*$",
                                      description="comma-separated epochs counted from 1 (depth)")]
@@ -56,6 +59,12 @@ def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool, ren
                     headers={"Cache-Control": "private, max-age=3600" if cacheable else "no-store"})
 
 
+def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str) -> JobData:
+    """What the figure needs: only its norm kind (none for metrics, filters, cost), finished jobs' from the cache."""
+    kinds = () if kind in NO_SERIES else (norm_kind,)
+    return job_data(db, job, kinds, load=lambda j, k: cached_norms(request, db, j, k))
+
+
 def _epochs(text: str | None) -> list[int] | None:
     return [int(e) for e in text.split(",")] if text else None
 
@@ -76,7 +85,8 @@ def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Reques
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
     key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points)
     return _png(request, key, frozenset([job_id]), job.state in TERMINAL,
-                lambda: render_job(kind, job_data(db, job), norm_kind=norm_kind, layers=_names(layers),
+                lambda: render_job(kind, _data(request, db, job, kind, norm_kind), norm_kind=norm_kind,
+                                   layers=_names(layers),
                                    epochs=_epochs(epochs), smooth=smooth, max_points=max_points))
 
 
@@ -91,5 +101,5 @@ def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request,
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
     key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs)
     return _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
-                lambda: render_compare(kind, [job_data(db, j) for j in jobs], norm_kind=norm_kind,
-                                       epochs=_epochs(epochs)))
+                lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind) for j in jobs],
+                                       norm_kind=norm_kind, epochs=_epochs(epochs)))
