@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
+from _common import hardware
 
 TOKEN = "bench-token-0123456789abcdef"
 TARGET_P99_MS = 200.0
@@ -64,15 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.duration, args.clients, args.posts) <= 0 or args.gets < 0:
         p.error("--duration, --clients and --posts must be > 0, --gets >= 0")
     return args
-
-
-def hardware() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        models = []
-    return f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------------------------------ seeding

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import statistics
 import sys
@@ -22,22 +21,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import hardware  # noqa: E402
 from api import seed_finished_job  # noqa: E402  (bench/api.py: the same seeded job)
 
 from deepgrad_core.plots import JOB_KINDS  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 UNCACHED_MS, CACHED_MS = 300.0, 10.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepgrad_server.settings import Settings
 
     print(f"# plot cache  {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
-    print(f"# hardware: {cpu_name()}, {os.cpu_count()} cores  Python {platform.python_version()}")
+    print(f"# hardware: {hardware()}  Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), token=TOKEN, worker=False)
         job_id = seed_finished_job(settings.resolved_database_url)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy
+from _common import hardware
 
 from deepgrad_core.norms import NormBlock
 from deepgrad_server import store
@@ -63,15 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.steps, args.steps_per_epoch, args.layers, args.flush_every, args.rounds, args.repeat) < 1:
         p.error("--steps, --steps-per-epoch, --layers, --flush-every, --rounds and --repeat must be >= 1")
     return args
-
-
-def hardware() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        models = []
-    return f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------------------------------- data

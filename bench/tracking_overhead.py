@@ -36,6 +36,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from _common import hardware as common_hardware
 from torch import Tensor, nn
 
 from deepgrad_core.data import load_split
@@ -88,14 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        models = []
-    return f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else common_hardware()
 
 
 def header(args: argparse.Namespace) -> dict[str, Any]:
