@@ -77,6 +77,7 @@ def seed_finished_job(database_url: str) -> str:
     from deepgrad_core.models import build_model, tracked_layers
     from deepgrad_core.norms import NormBlock, concat_blocks
     from deepgrad_core.spec import ExperimentSpec
+    from deepgrad_core.strict_json import strict_json
     from deepgrad_server import store
     from deepgrad_server.db import Database
     from deepgrad_server.runner import split_summary
@@ -100,10 +101,7 @@ def seed_finished_job(database_url: str) -> str:
     series = {k: concat_blocks(b for b in blocks if b.kind == k) for k in ("weight", "activation")}
     t0 = time.time() - 2200
 
-    def finite(obj: Any) -> Any:  # strict JSON, as the job process stores it
-        return json.loads(json.dumps(obj), parse_constant=lambda _: None)
-
-    summary, layer_means = split_summary(finite(summarize_run(series, steps_per_epoch=spe, fraction=1e-3)))
+    summary, layer_means = split_summary(strict_json(summarize_run(series, steps_per_epoch=spe, fraction=1e-3)))
     fields = {
         "state": "succeeded", "started_at": t0, "finished_at": t0 + 2100, "attempts": 1, "layers": layers,
         "steps_per_epoch": spe, "environment": {"torch": "2.14.1", "python": "3.11.7", "device": "cuda:0",
@@ -113,7 +111,7 @@ def seed_finished_job(database_url: str) -> str:
         "final": {"test_acc": 0.94, "test_loss": 0.25, "train_acc": 0.999, "train_loss": 0.02, "best_epoch": 97,
                   "best_test_acc": 0.941, "seconds": 2100.0},
         "summary": summary, "layer_means": layer_means,  # stored as the job process stores them
-        "cost": finite(cost_report(model, (3, 32, 32), measure_peak=False).to_dict()),
+        "cost": strict_json(cost_report(model, (3, 32, 32), measure_peak=False).to_dict()),
         "per_class": [{"class": c, "precision": 0.94, "recall": 0.94, "f1": 0.94, "support": 1000} for c in
                       "airplane automobile bird cat deer dog frog horse ship truck".split()],
         "confusion": (np.eye(10, dtype=int) * 930 + rng.integers(0, 15, (10, 10))).tolist(),

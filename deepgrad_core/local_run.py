@@ -27,6 +27,7 @@ from deepgrad_core.device import choose_device
 from deepgrad_core.models import build_model
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
+from deepgrad_core.strict_json import strict_json
 from deepgrad_core.training import TrainResult, seed_everything, train
 from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 
@@ -130,13 +131,13 @@ def _cancel_on_sigint() -> Iterator[Callable[[], bool]]:
 def _write_outputs(out: Path, result: TrainResult, cost: dict[str, Any]) -> dict[str, Any]:
     """Write history, norms and result files; return result.json's content."""
     norm_files = write_norms_csv(out, result.norms)
-    report = _finite({"status": result.status, "diverged_at_step": result.diverged_at_step,
+    report = strict_json({"status": result.status, "diverged_at_step": result.diverged_at_step,
               "epochs_completed": len(result.history), "final": result.final, "per_class": result.per_class,
               "confusion": result.confusion, "summary": result.summary, "environment": result.environment,
               "steps_per_epoch": result.steps_per_epoch, "layers": result.layers, "cost": cost,
               "spec": result.spec.model_dump(mode="json"),
               "files": [*OUTPUTS, *norm_files, f"checkpoint/{CHECKPOINT_NAME}"]})
-    (out / "history.json").write_text(json.dumps(_finite(result.history), indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(strict_json(result.history), indent=2) + "\n")
     (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -155,11 +156,6 @@ def write_norms_csv(out: Path, norms: dict[str, NormBlock | None]) -> list[str]:
                    header=",".join(("step", *block.layers)), comments="")
         written.append(path.name)
     return written
-
-
-def _finite(obj: Any) -> Any:
-    """The same JSON tree with NaN/inf as None: strict JSON (and so JavaScript, jq) has no NaN."""
-    return json.loads(json.dumps(obj), parse_constant=lambda _: None)
 
 
 def summary_text(report: dict[str, Any], out: Path) -> str:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepgrad_core.strict_json import strict_json
 from deepgrad_server import store
 from deepgrad_server.db import Database
 
@@ -150,7 +151,7 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
               for la in tracked_layers(model, spec.tracking.layer_types)]
     steps_per_epoch = batches_per_epoch(len(splits[0]), spec.train.batch_size, train=True)
     with db.writing() as s:
-        store.update_job(s, job_id=job_id, cost=_finite(cost.to_dict()), layers=layers,
+        store.update_job(s, job_id=job_id, cost=strict_json(cost.to_dict()), layers=layers,
                          steps_per_epoch=steps_per_epoch)
         if not (job_dir / CHECKPOINT_NAME).exists():  # a fresh start: drop what an earlier attempt streamed
             store.truncate_from(s, job_id=job_id, step=0)
@@ -158,7 +159,7 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
 
     def on_epoch(metrics: dict[str, Any]) -> None:
         with db.writing() as s:
-            store.put_epoch(s, job_id=job_id, metrics=_finite(metrics))
+            store.put_epoch(s, job_id=job_id, metrics=strict_json(metrics))
             store.update_job(s, job_id=job_id, filters=store.encode_array(first_layer_filters(model)))
         progress.epoch_done(metrics)
 
@@ -176,9 +177,9 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
                    on_epoch=on_epoch, on_norms=on_norms, on_resume=on_resume, should_stop=should_stop,
                    checkpoint_dir=job_dir)
     progress.write(final=True)
-    summary, layer_means = split_summary(_finite(result.summary))
+    summary, layer_means = split_summary(strict_json(result.summary))
     fields = {"environment": result.environment, "summary": summary, "layer_means": layer_means,
-              "final": _finite(result.final) or None, "per_class": _finite(result.per_class),
+              "final": strict_json(result.final) or None, "per_class": strict_json(result.per_class),
               "confusion": result.confusion, "diverged_at_step": result.diverged_at_step,
               "layers": result.layers, "filters": store.encode_array(first_layer_filters(model))}
     reason = message = None
@@ -244,10 +245,3 @@ def split_summary(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 def _num(x: float | None) -> float | None:
     return x if x is not None and x == x and abs(x) != float("inf") else None
-
-
-def _finite(obj: Any) -> Any:
-    """The same JSON tree with NaN/inf as None (strict JSON has no NaN)."""
-    import json
-
-    return json.loads(json.dumps(obj), parse_constant=lambda _: None)
