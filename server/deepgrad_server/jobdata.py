@@ -14,13 +14,12 @@ from deepgrad_server.db import Database
 from deepgrad_server.models import Job
 
 
-def job_data(db: Database, job: Job, kinds: tuple[str, ...] | None = None,
-             load: Callable[[Job, str], NormBlock | None] | None = None) -> JobData:
-    """``kinds``: the norm kinds to load (default: every recorded one); ``load(job, kind)`` loads one
-    (default: from the store; the plot routes pass their cache of finished jobs' series)."""
-    wanted = [k for k in (job.norm_layers or {}) if kinds is None or k in kinds]
+def job_data(db: Database, job: Job, kinds: tuple[str, ...],
+             load: Callable[[Job, str], NormBlock | None]) -> JobData:
+    """The figures' view of ``job`` with the norm ``kinds`` they draw, each from ``load(job, kind)``
+    (the plot routes pass their cache of finished jobs' series)."""
+    series = {k: load(job, k) for k in (job.norm_layers or {}) if k in kinds}
     with db.reading() as s:
-        series = {k: load(job, k) if load is not None else store.load_norms(s, job_id=job.id, kind=k) for k in wanted}
         history = store.epochs(s, job_id=job.id)
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),
