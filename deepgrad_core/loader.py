@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from deepgrad_core.data import ImageSplit
+from deepgrad_core.spec import batches_per_epoch
+
+__all__ = ["DeviceLoader", "batches_per_epoch", "epoch_seed"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -73,11 +76,3 @@ class DeviceLoader:
         batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
         chans = torch.arange(c, device=dev).view(1, c, 1, 1)
         return padded[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
-
-
-def batches_per_epoch(n: int, batch_size: int, *, train: bool) -> int:
-    """Batches of ``n`` images: training drops the last partial batch (BatchNorm trains badly on a
-    handful of images) unless it is the only one; evaluation keeps it."""
-    if train:
-        return n // batch_size if n > batch_size else min(n, 1)
-    return -(-n // batch_size)

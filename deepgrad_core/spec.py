@@ -34,6 +34,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # What deepgrad_core.data's loaders produce for each data set (Fashion-MNIST is padded to 32x32).
 DATASET_CLASSES = {"cifar10": 10, "fashion_mnist": 10, "synthetic": 10}
 DATASET_CHANNELS = {"cifar10": 3, "fashion_mnist": 1}  # synthetic: as many as model.in_channels
+# Images per class in each split (synthetic: its default when ``subset``/``test_subset`` is unset). With the
+# batch size they give a job's steps per epoch before any data are loaded (the server bounds a job's work).
+DATASET_IMAGES_PER_CLASS = {"cifar10": {"train": 5000, "test": 1000},
+                            "fashion_mnist": {"train": 6000, "test": 1000},
+                            "synthetic": {"train": 100, "test": 20}}
+# The most images per class a spec may ask for: more than any real data set here has; a synthetic set of
+# this size at 64x64 is already 1.2 GB in memory (the server bounds memory and steps further).
+MAX_PER_CLASS = 10_000
 DEFAULT_IMAGE_SIDE = 32
 # VGG halves the image side five times: 32 -> 16 -> 8 -> 4 -> 2 -> 1; from 31 down a pooling meets 0 pixels.
 VGG_MIN_IMAGE_SIDE = 32
@@ -51,7 +59,9 @@ def _is_number(annotation: Any) -> bool:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: NaN and infinities (Python's json reads ``NaN``, ``Infinity`` and ``1e999``) are
+    # refused in every float field: stored, they would not be JSON, and re-submitted they would differ.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,14 +123,19 @@ class DataSpec(_Spec):
     """A data set by name; the server resolves names inside its own data root (never a path)."""
 
     name: Literal["cifar10", "fashion_mnist", "synthetic"] = "cifar10"
-    subset: int | None = Field(default=None, ge=1, description="training images per class (None: all)")
-    test_subset: int | None = Field(default=None, ge=1, description="test images per class (None: all)")
+    subset: int | None = Field(default=None, ge=1, le=MAX_PER_CLASS,
+                               description="training images per class (None: all; synthetic: 100)")
+    test_subset: int | None = Field(default=None, ge=1, le=MAX_PER_CLASS,
+                                    description="test images per class (None: all; synthetic: 20)")
     augment: StrictBool = True
     image_size: int | None = Field(default=None, ge=8, le=64,
                                    description="synthetic only: side of the square images (default 32)")
 
 
 class TrainSpec(_Spec):
+    """Optimisation. Rules across fields: ``warmup_epochs`` < ``epochs``; ``nesterov`` needs ``sgd`` with
+    ``momentum`` > 0."""
+
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=128, ge=1, le=8192)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -129,7 +144,8 @@ class TrainSpec(_Spec):
     nesterov: StrictBool = False
     weight_decay: float = Field(default=5e-4, ge=0.0)
     schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    warmup_epochs: float = Field(default=0.0, ge=0.0, description="epochs of linear warm-up; must be shorter "
+                                 "than train.epochs (0: none)")
     step_size: int = Field(default=30, ge=1, description="epochs between decays for schedule 'step'")
     gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="decay factor for schedule 'step'")
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -150,9 +166,18 @@ class TrackingSpec(_Spec):
     activation_every: int = Field(default=10, ge=0, description="record activation gradients every N steps "
                                   "(1: every step, 0: never)")
     flush_every: int = Field(default=50, ge=1, le=100_000)
-    layer_types: tuple[Literal["conv", "linear"], ...] = ("conv",)
+    layer_types: tuple[Literal["conv", "linear"], ...] = Field(
+        default=("conv",), min_length=1, max_length=2, json_schema_extra={"uniqueItems": True},
+        description="kinds of layer to track, each at most once")
     vanishing_fraction: float = Field(default=1e-3, gt=0.0, lt=1.0,
                                       description="flag vanishing when first/last layer norm ratio is below this")
+
+    @field_validator("layer_types")
+    @classmethod
+    def _distinct_types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):  # ["conv", "conv"] would track every conv twice, under two names
+            raise ValueError(f"layer_types must name each kind once, got {list(v)}")
+        return v
 
 
 class ExperimentSpec(_Spec):
@@ -191,6 +216,30 @@ class ExperimentSpec(_Spec):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+def batches_per_epoch(n: int, batch_size: int, *, train: bool) -> int:
+    """Batches of ``n`` images: training drops the last partial batch (BatchNorm trains badly on a
+    handful of images) unless it is the only one; evaluation keeps it."""
+    if train:
+        return n // batch_size if n > batch_size else min(n, 1)
+    return -(-n // batch_size)
+
+
+def images_per_class(data: DataSpec, split: Literal["train", "test"]) -> int:
+    """Images per class a split will hold: the subset asked for, at most what the data set has."""
+    have = DATASET_IMAGES_PER_CLASS[data.name][split]
+    wanted = data.subset if split == "train" else data.test_subset
+    if data.name == "synthetic":  # generated: as many as asked for
+        return wanted or have
+    return min(wanted, have) if wanted else have
+
+
+def planned_steps(spec: ExperimentSpec) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run, from the data set's size before any image is loaded."""
+    n = images_per_class(spec.data, "train") * DATASET_CLASSES[spec.data.name]
+    per_epoch = batches_per_epoch(n, spec.train.batch_size, train=True)
+    return per_epoch, per_epoch * spec.train.epochs
 
 
 def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:

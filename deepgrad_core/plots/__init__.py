@@ -9,13 +9,14 @@ threads may render at once. The server serves these as PNG; the CLI saves them.
 
 Per job (``JOB_KINDS``): ``norms``, ``selected``, ``heatmap``, ``depth``, ``metrics``, ``filters``,
 ``cost``; across jobs (``COMPARE_KINDS``): ``metrics``, ``depth``, ``filters``. A bad kind or
-parameter raises ValueError naming the allowed values; data a figure needs but the job does not
-have (yet) raise ``PlotDataError``, a ValueError subclass.
+parameter raises ``PlotParameterError`` (a ValueError carrying the parameter's name) naming the allowed
+values; data a figure needs but the job does not have (yet) raise ``PlotDataError``, a ValueError subclass.
 """
 
 from deepgrad_core.plots.canvas import DPI, FIGSIZE, to_png
-from deepgrad_core.plots.job import JobData, PlotDataError
+from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
 from deepgrad_core.plots.render import COMPARE_KINDS, JOB_KINDS, render_compare, render_job
 
-__all__ = ["COMPARE_KINDS", "DPI", "FIGSIZE", "JOB_KINDS", "JobData", "PlotDataError", "render_compare",
+__all__ = ["COMPARE_KINDS", "DPI", "FIGSIZE", "JOB_KINDS", "JobData", "PlotDataError", "PlotParameterError",
+           "render_compare",
            "render_job", "to_png"]

@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from deepgrad_core.plots.canvas import empty_panel, job_label, log_axis, new_figure, plain_text, set_title
-from deepgrad_core.plots.job import JobData, PlotDataError
+from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
 from deepgrad_core.plots.metrics import epoch_series, style_epoch_axis
 from deepgrad_core.plots.model import draw_filters, require_filters
 from deepgrad_core.plots.norms import epoch_means
@@ -67,7 +67,8 @@ def _epoch_profile(job: JobData, norm_kind: str, epoch: int | None) -> tuple[int
 def compare_depth_figure(jobs: list[JobData], *, norm_kind: str, epochs: list[int] | None) -> Figure:
     """Mean norm in one epoch (each job's last by default) against relative depth 0..1, one line per job."""
     if epochs is not None and len(epochs) != 1:
-        raise ValueError(f"compare depth draws one epoch per job: pass at most one epoch, got {epochs}")
+        raise PlotParameterError("epochs", "compare depth draws one epoch per job: pass at most one epoch, "
+                                           f"got {epochs}")
     fig = new_figure()
     ax = fig.add_subplot()
     missing, drawn = [], 0

@@ -17,6 +17,15 @@ class PlotDataError(ValueError):
     """
 
 
+class PlotParameterError(ValueError):
+    """A figure cannot use one of its parameters (``param``: ``kind``, ``norm_kind``, ``layers``, ``epochs``,
+    ``smooth``, ``max_points``, ``ids``); the message says what is allowed."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass
 class JobData:
     """One job's data for plotting; a running job's partial data are fine.

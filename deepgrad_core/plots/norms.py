@@ -23,7 +23,7 @@ from deepgrad_core.plots.canvas import (
     set_title,
     step_axis,
 )
-from deepgrad_core.plots.job import JobData, PlotDataError
+from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
 from deepgrad_core.plots.series import (
     Hidden,
     binned_log10,
@@ -42,13 +42,13 @@ _LINE_MARGINS = (0.85, 1.3, 1.05, 0.55)
 
 
 def columns(block: NormBlock, layers: list[str] | None) -> list[int]:
-    """Indices of ``layers`` in the block (all of them for None); ValueError naming the ones it has."""
+    """Indices of ``layers`` in the block (all of them for None); PlotParameterError naming the ones it has."""
     if layers is None:
         return list(range(len(block.layers)))
     unknown = [name for name in layers if name not in block.layers]
     if unknown or not layers:
-        raise ValueError(f"layers must name recorded {block.kind} layers, one of {list(block.layers)}; "
-                         f"got {list(layers)}")
+        raise PlotParameterError("layers", f"layers must name recorded {block.kind} layers, one of "
+                                           f"{list(block.layers)}; got {list(layers)}")
     return [block.layers.index(name) for name in dict.fromkeys(layers)]
 
 

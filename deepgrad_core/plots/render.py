@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from deepgrad_core.norms import KINDS
 from deepgrad_core.plots.compare import compare_depth_figure, compare_filters_figure, compare_metrics_figure
-from deepgrad_core.plots.job import JobData
+from deepgrad_core.plots.job import JobData, PlotParameterError
 from deepgrad_core.plots.metrics import metrics_figure
 from deepgrad_core.plots.model import cost_figure, filters_figure
 from deepgrad_core.plots.norms import depth_figure, heatmap_figure, norms_figure, selected_figure
@@ -22,19 +22,21 @@ MAX_COMPARE_JOBS = 12
 
 def _check(kind: str, allowed: tuple[str, ...], *, norm_kind: str, smooth: int, max_points: int,
            epochs: list[int] | None) -> None:
-    """ValueError, naming what is allowed, for an unknown kind or an out-of-range parameter."""
+    """PlotParameterError, naming what is allowed, for an unknown kind or an out-of-range parameter."""
     if kind not in allowed:
-        raise ValueError(f"plot kind must be one of {list(allowed)}, got {kind!r}")
+        raise PlotParameterError("kind", f"plot kind must be one of {list(allowed)}, got {kind!r}")
     kinds = [k for k in KINDS if k != "global" or kind not in _PER_LAYER_ONLY]
     if norm_kind not in kinds:
-        raise ValueError(f"norm kind for {kind!r} must be one of {kinds}, got {norm_kind!r}")
+        raise PlotParameterError("norm_kind", f"norm kind for {kind!r} must be one of {kinds}, got {norm_kind!r}")
     if not 0 <= smooth <= MAX_SMOOTH:
-        raise ValueError(f"smooth must be a window of 0..{MAX_SMOOTH} records (0 or 1: off), got {smooth}")
+        raise PlotParameterError("smooth", f"smooth must be a window of 0..{MAX_SMOOTH} records (0 or 1: off), "
+                                           f"got {smooth}")
     lo, hi = MAX_POINTS_RANGE
     if not lo <= max_points <= hi:
-        raise ValueError(f"max_points must be in {lo}..{hi}, got {max_points}")
+        raise PlotParameterError("max_points", f"max_points must be in {lo}..{hi}, got {max_points}")
     if epochs is not None and (not epochs or any(e < 1 for e in epochs)):
-        raise ValueError(f"epochs must be a non-empty list of epoch numbers counted from 1, got {epochs}")
+        raise PlotParameterError("epochs", "epochs must be a non-empty list of epoch numbers counted from 1, "
+                                           f"got {epochs}")
 
 
 def render_job(kind: str, job: JobData, *, norm_kind: str = "weight", layers: list[str] | None = None,
@@ -68,7 +70,7 @@ def render_compare(kind: str, jobs: list[JobData], *, norm_kind: str = "weight",
     """Several jobs on one figure: ``metrics``, ``depth`` (one epoch, each job's last by default) or ``filters``."""
     _check(kind, COMPARE_KINDS, norm_kind=norm_kind, smooth=0, max_points=MAX_POINTS_RANGE[0], epochs=epochs)
     if not 1 <= len(jobs) <= MAX_COMPARE_JOBS:
-        raise ValueError(f"compare needs 1..{MAX_COMPARE_JOBS} jobs, got {len(jobs)}")
+        raise PlotParameterError("ids", f"compare needs 1..{MAX_COMPARE_JOBS} jobs, got {len(jobs)}")
     if kind == "metrics":
         return compare_metrics_figure(jobs)
     if kind == "depth":

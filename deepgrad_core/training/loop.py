@@ -298,12 +298,16 @@ class _Run:
             self.scaler.unscale_(self.optimizer)  # true gradients for tracking and clipping
         else:
             loss.backward()
+        clip = self.spec.train.grad_clip
         global_norm = None
-        if self.spec.train.grad_clip is not None:
-            # The pre-clip norm is what tells whether gradients explode; it is what we record.
-            global_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip,
-                                                   foreach=True)
-        self.tracker.record_step(global_norm=global_norm)  # may flush -> on_flush below
+        if clip is not None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            global_norm = nn.utils.get_total_norm(grads, foreach=True)
+        # Every norm is recorded before clipping: the study is about the gradient backprop delivers, and
+        # the pre-clip global norm is what tells whether gradients explode. May flush -> on_flush below.
+        self.tracker.record_step(global_norm=global_norm)
+        if clip is not None:
+            nn.utils.clip_grads_with_norm_(self.model.parameters(), clip, global_norm, foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -18,7 +18,10 @@ from deepgrad_server import __version__
 from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
 from deepgrad_server.deps import require_token
+from deepgrad_server.errors import add_error_handlers
+from deepgrad_server.hosts import HostCheck
 from deepgrad_server.limits import BodySizeLimit
+from deepgrad_server.rendering import RenderPool
 from deepgrad_server.routes import api_router
 from deepgrad_server.settings import Settings
 from deepgrad_server.worker import make_workers
@@ -36,7 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Request threads never outnumber database connections: a thread waiting for a connection
         # is latency for nothing (and, past the pool timeout, an error).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-        app.state.db = Database(settings.resolved_database_url, pool_size=settings.api_threads + 2)
+        # Figures and /health have threads of their own (made here: limiters belong to the running loop).
+        app.state.render_pool = RenderPool(settings.render_threads, settings.render_queue)
+        app.state.health_limiter = anyio.CapacityLimiter(2)
+        # Render threads and /health read the store too.
+        app.state.db = Database(settings.resolved_database_url,
+                                pool_size=settings.api_threads + settings.render_threads + 2)
         token, generated = settings.ensure_token()
         app.state.token = token
         if generated:  # printed once, on the first start; afterwards it is in the file only
@@ -64,11 +72,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url=None, description="Train CNNs and watch their per-layer gradient norms. Every "
                   "endpoint but /health needs `Authorization: Bearer <token>`.")
     app.state.settings = settings
-    app.state.plot_cache = JobCache(max_entries=256)  # PNGs: ~100 KB each
-    app.state.series_cache = JobCache(max_entries=16)  # a 100-epoch ResNet-18 weight series: ~3 MB
+    cache = settings.cache_mib << 20
+    app.state.plot_cache = JobCache(max_bytes=cache // 4)  # PNGs: ~100 KB each
+    app.state.series_cache = JobCache(max_bytes=cache - cache // 4)  # series answers and figures' series
     app.include_router(api_router)
     _add_docs(app, public=settings.public_docs)
+    add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.host_allowlist is not None:
+        app.add_middleware(HostCheck, allowed=settings.host_allowlist)  # outermost: nothing runs for a bad Host
     return app
 
 

@@ -10,8 +10,10 @@ SQLAlchemy configures them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -20,6 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from deepgrad_server.models import Base
 
 BUSY_TIMEOUT_S = 60.0
+# JSON columns hold strict JSON only: a NaN or infinity raises here instead of being stored as ``NaN``,
+# which SQLite's json_extract, PostgreSQL and every other reader refuse.
+_strict_dumps = partial(json.dumps, allow_nan=False)
 
 
 class Database:
@@ -33,11 +38,12 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
-                                        pool_size=pool_size, max_overflow=4)
+                                        pool_size=pool_size, max_overflow=4, json_serializer=_strict_dumps)
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=4)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=4,
+                                        json_serializer=_strict_dumps)
         Base.metadata.create_all(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)

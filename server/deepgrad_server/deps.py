@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -44,6 +45,21 @@ def require_token(request: Request,
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="12 lowercase hex characters")]
+
+
+MAX_COMPARE = 12
+IDS_PATTERN = rf"^\s*[0-9a-f]{{12}}(\s*,\s*[0-9a-f]{{12}}){{0,{MAX_COMPARE - 1}}}\s*$"
+Ids = Annotated[str, Query(max_length=400, pattern=IDS_PATTERN,
+                           description=f"1..{MAX_COMPARE} comma-separated job ids (12 lowercase hex characters)")]
+
+
+def parse_ids(ids: str) -> list[str]:
+    """The ids of a query ``Ids`` has checked, duplicates dropped."""
+    parts = list(dict.fromkeys(p.strip() for p in ids.split(",") if p.strip()))
+    bad = [p for p in parts if not re.fullmatch(JOB_ID_PATTERN, p)]
+    if bad or not 1 <= len(parts) <= MAX_COMPARE:  # the pattern already says so: kept for direct callers
+        raise invalid(f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters", "ids")
+    return parts
 
 
 def invalid(msg: str, *loc: str | int) -> RequestValidationError:

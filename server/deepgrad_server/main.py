@@ -38,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from deepgrad_server.app import create_app
+    from deepgrad_server.connections import fit_connection_limit, guarded_protocol
 
+    # Descriptors beyond the connections: database connections (up to 3 files each in WAL mode), logs, the
+    # job processes' pipes, the event loop's own.
+    reserve = 64 + 4 * (settings.api_threads + settings.render_threads + 8)
+    limit = fit_connection_limit(settings.max_connections, reserve)
     sys.stderr.write(f"DeepGrad server: data in {settings.data_dir}, data sets in {settings.resolved_data_root}\n")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, http=guarded_protocol(limit, settings.header_timeout))
     return 0
 
 

@@ -140,6 +140,8 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
     dev = choose_device(device)
     if dev.type == "cpu":  # training on the CPU must not starve the API serving on the same cores
         os.nice(NICE_ON_CPU)
+    else:
+        _check_device_memory(spec, dev)
     splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed)
               for name in ("train", "test")]
     seed_everything(spec.seed)
@@ -192,6 +194,20 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
         store.finish(s, job_id=job_id, state=result.status, reason=reason, message=message, **fields)
     if result.status == "succeeded" and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _check_device_memory(spec: Any, dev: Any) -> None:
+    """Fail at once, before any allocation, a job whose estimated GPU memory exceeds what is free there."""
+    import torch
+
+    from deepgrad_core.analysis.memory import estimate_memory
+
+    need = estimate_memory(spec, "cuda").device_bytes
+    free, total = torch.cuda.mem_get_info(dev)
+    if need > free:
+        raise JobFailure("out_of_memory", f"not started: this job needs about {need / 2**30:.1f} GiB on {dev} and "
+                                          f"{free / 2**30:.1f} of its {total / 2**30:.1f} GiB are free; lower "
+                                          "train.batch_size or model.width, or use train.precision bf16")
 
 
 class _Progress:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from deepgrad_core.spec import ExperimentSpec
 from deepgrad_server.models import Job
@@ -14,10 +14,37 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "div
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 
 
+# Characters a display name may not hold: C0/C1 controls and DEL (they rewrite terminals: U+009B is a CSI),
+# bidirectional controls (U+202E turns "gpj.exe" into "exe.jpg"), and lone surrogates (not encodable text).
+_NAME_FORBIDDEN = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+NAME_PATTERN = f"^[^{_NAME_FORBIDDEN}]+$"
+
+
+def check_name(name: str) -> str:
+    """A display name as the schema's ``NAME_PATTERN`` says (plus no lone surrogates); ValueError otherwise."""
+    bad = next((c for c in name if 0xD800 <= ord(c) <= 0xDFFF or _forbidden(c)), None)
+    if bad is not None:
+        raise ValueError(f"name must not contain control, bidirectional-override or surrogate characters "
+                         f"(found U+{ord(bad):04X})")
+    return name
+
+
+def _forbidden(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o <= 0x9F or o in (0x61C, 0x200E, 0x200F) or 0x202A <= o <= 0x202E or \
+        0x2066 <= o <= 0x2069
+
+
 class JobCreate(ExperimentSpec):
     """An experiment spec plus an optional display name: a spec file is a valid body."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: str | None = Field(default=None, min_length=1, max_length=100, json_schema_extra={"pattern": NAME_PATTERN},
+                             description="display name; no control or bidirectional-override characters")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v)
 
 
 class Progress(BaseModel):

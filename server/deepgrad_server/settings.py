@@ -5,27 +5,32 @@ It refuses insecure combinations: a non-loopback bind address with auth off.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deepgrad_server.hosts import LOOPBACK_NAMES, is_loopback_name
 
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "token"
+MIN_TOKEN_CHARS = 16
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def check_token(token: str) -> str:
+    """A bearer token a client can send: 16+ visible ASCII characters (no spaces, no controls)."""
+    bad = sorted({c for c in token if not "\x21" <= c <= "\x7e"})
+    if bad:
+        raise ValueError(f"the token holds {', '.join(repr(c) for c in bad)}: a bearer token must be visible "
+                         "ASCII characters only (no spaces), or no client can send it; e.g. "
+                         "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}")
+    return token
 
 
 class Settings(BaseSettings):
@@ -40,7 +45,10 @@ class Settings(BaseSettings):
     data_root: Path | None = Field(default=None, description="data sets by name; default <data_dir>/data")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in data_dir")
     auth: bool = True
-    token: str | None = Field(default=None, min_length=16, description="unset: generated at first start")
+    token: str | None = Field(default=None, description="16+ visible ASCII characters; unset: generated at "
+                              "first start")
+    allowed_hosts: str | None = Field(default=None, description="comma-separated Host names the API answers "
+                                      "('*': any); unset: loopback names only when auth is off, any when it is on")
     device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)(,(cpu|cuda(:\d+)?))*$",
                                description="cuda, cuda:1, cpu, or a list (cuda:0,cuda:1: one worker per GPU); "
                                            "unset: CUDA when present")
@@ -49,6 +57,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=1024, ge=1)
     max_width: float = Field(default=2.0, gt=0)
     max_queued: int = Field(default=100, ge=1)
+    max_steps: int = Field(default=1_000_000, ge=1, description="largest epochs x steps per epoch of one job")
+    max_job_memory_gib: float | None = Field(default=None, gt=0, description="largest estimated memory of one "
+                                             "job; unset: 85% of the memory this server may use (its cgroup "
+                                             "limit or the machine's), less its own, shared by its CPU workers")
     max_retries: int = Field(default=2, ge=0, description="restarts of a job whose worker died")
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -56,11 +68,24 @@ class Settings(BaseSettings):
     api_threads: int = Field(default_factory=lambda: min(32, 2 * (os.cpu_count() or 1)), ge=1, le=256,
                              description="threads serving requests (and database connections)")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_connections: int = Field(default=1000, ge=8, description="open connections; at the limit the longest-"
+                                 "idle one is closed (lowered to fit the process's open-file limit)")
+    header_timeout: float = Field(default=15.0, gt=0, description="seconds a connection may take to send a "
+                                  "request head (slow-client guard)")
+    render_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1, le=64,
+                                description="figures rendered at once (apart from the request threads)")
+    render_queue: int = Field(default=32, ge=0, description="figures waiting to render before 503")
+    cache_mib: int = Field(default=256, ge=1, description="memory for finished jobs' figures and series")
     log_level: str = "info"
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, v: str | None) -> str | None:
+        return None if v is None else check_token(v)
 
     @model_validator(mode="after")
     def _secure(self) -> Settings:
-        if not self.auth and not _is_loopback(self.host):
+        if not self.auth and not is_loopback_name(self.host):
             raise ValueError(f"refusing to listen on {self.host} with auth disabled: anyone who can reach "
                              "it could run jobs; set DEEPGRAD_AUTH=true or DEEPGRAD_HOST=127.0.0.1")
         if self.heartbeat_seconds >= self.lease_seconds:
@@ -71,6 +96,13 @@ class Settings(BaseSettings):
     def devices(self) -> list[str | None]:
         """One entry per worker: each trains one job at a time on its device (None: CUDA when present)."""
         return [d.strip() for d in self.device.split(",")] if self.device else [None]
+
+    @property
+    def host_allowlist(self) -> tuple[str, ...] | None:
+        """Host names to answer (None: any); auth off and nothing set: loopback names only."""
+        if self.allowed_hosts:
+            return tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())
+        return None if self.auth else LOOPBACK_NAMES
 
     @property
     def resolved_data_root(self) -> Path:
@@ -99,8 +131,11 @@ class Settings(BaseSettings):
             if path.stat().st_mode & 0o077:
                 path.chmod(0o600)
             token = path.read_text().strip()
-            if len(token) >= 16:
-                return token, False
+            if len(token) >= MIN_TOKEN_CHARS:
+                try:
+                    return check_token(token), False
+                except ValueError as err:
+                    raise ValueError(f"{path}: {err}; fix the file, or delete it for a new token") from err
         self.data_dir.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import delete, func, insert, or_, select, update
@@ -240,74 +240,92 @@ def _decode(chunk: Any) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.frombuffer(chunk.values, dtype=np.float32).reshape(len(steps), chunk.n_layers)
 
 
-def load_norms(s: Session, *, job_id: str, kind: str, start: int | None = None,
-               end: int | None = None) -> NormBlock | None:
-    """The stored ``kind`` series of a job (steps ``start`` to ``end``, end exclusive), None if none."""
+def norm_layers(s: Session, *, job_id: str, kind: str) -> tuple[str, ...] | None:
+    """The column names of a job's ``kind`` series; None when it never recorded that kind."""
     layers = (s.scalar(select(Job.norm_layers).where(Job.id == job_id)) or {}).get(kind)
-    if not layers:
-        return None
-    query = select(NormChunk.steps, NormChunk.values, NormChunk.n_layers).where(
-        NormChunk.job_id == job_id, NormChunk.kind == kind)
+    return tuple(layers) if layers else None
+
+
+def _chunks(job_id: str, kind: str, start: int | None, end: int | None) -> list[Any]:
+    """The WHERE of the chunks of a series that hold a step in ``[start, end)``."""
+    where = [NormChunk.job_id == job_id, NormChunk.kind == kind]
     if start is not None:
-        query = query.where(NormChunk.last_step >= start)
+        where.append(NormChunk.last_step >= start)
     if end is not None:
-        query = query.where(NormChunk.first_step < end)
-    rows = s.execute(query.order_by(NormChunk.first_step)).all()
-    if not rows:
-        return NormBlock(kind=kind, steps=np.zeros(0, np.int64), layers=tuple(layers),
-                         values=np.zeros((0, len(layers)), np.float32))
-    parts = [_decode(r) for r in rows]
-    steps = np.concatenate([p[0] for p in parts])
-    values = np.concatenate([p[1] for p in parts])
+        where.append(NormChunk.first_step < end)
+    return where
+
+
+def _in_range(steps: np.ndarray, start: int | None, end: int | None) -> np.ndarray | None:
+    """Mask of the steps in ``[start, end)``; None when all are."""
     keep = np.ones(len(steps), bool)
     if start is not None:
         keep &= steps >= start
     if end is not None:
         keep &= steps < end
-    if not keep.all():
-        steps, values = steps[keep], values[keep]
-    return NormBlock(kind=kind, steps=steps, layers=tuple(layers), values=values)
+    return None if keep.all() else keep
 
 
-def downsample(steps: np.ndarray, values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_points`` rows that keep each column's shape: min and max of each bucket of steps.
+class Extent(NamedTuple):
+    """Where a series' rows are: how many, and the first steps of its first and last chunks, its last step."""
 
-    Every bucket gives two rows, at its first and last step; in each column the extreme that comes
-    first sits on the first row. A bucket holding a NaN or infinity shows it (divergence must not be
-    smoothed away). All columns share the step axis, so the result is still a ``[steps x layers]`` table.
-    """
-    n = len(steps)
-    if n <= max_points:
-        return steps, values
-    buckets = max(max_points // 2, 1)
-    size = -(-n // buckets)
-    buckets = -(-n // size)
-    pad = buckets * size - n
-    v = values.astype(np.float64)
-    if pad:
-        v = np.concatenate([v, np.repeat(v[-1:], pad, axis=0)])
-    v = v.reshape(buckets, size, -1)
-    finite = np.isfinite(v)
-    lo_i = np.where(finite, v, np.inf).argmin(axis=1)
-    hi_i = np.where(finite, v, -np.inf).argmax(axis=1)
-    lo = np.take_along_axis(v, lo_i[:, None, :], axis=1)[:, 0]
-    hi = np.take_along_axis(v, hi_i[:, None, :], axis=1)[:, 0]
-    first = np.where(lo_i <= hi_i, lo, hi)
-    second = np.where(lo_i <= hi_i, hi, lo)
-    bad = ~finite.all(axis=1)
-    if bad.any():  # show the first non-finite value of the bucket on its second row
-        bad_i = (~finite).argmax(axis=1)
-        second = np.where(bad, np.take_along_axis(v, bad_i[:, None, :], axis=1)[:, 0], second)
-    idx_first = np.arange(buckets) * size
-    idx_last = np.minimum(idx_first + size - 1, n - 1)
-    out_steps = np.stack([steps[idx_first], steps[idx_last]], axis=1).reshape(-1)
-    out_values = np.stack([first, second], axis=1).reshape(buckets * 2, -1)
-    single = idx_first == idx_last  # a one-step bucket (the last, possibly): keep one row
-    if single.any():
-        keep = np.ones(buckets * 2, bool)
-        keep[np.flatnonzero(single) * 2 + 1] = False
-        out_steps, out_values = out_steps[keep], out_values[keep]
-    return out_steps, out_values
+    rows: int
+    first_chunk: int
+    last_chunk: int
+    last_step: int
+
+
+def series_extent(s: Session, *, job_id: str, kind: str, start: int | None = None,
+                  end: int | None = None) -> Extent:
+    """The extent of the series in ``[start, end)``: rows counted exactly without reading any values (only
+    the step lists of the chunks that straddle an edge)."""
+    where = _chunks(job_id, kind, start, end)
+    total, lo, hi, last = s.execute(select(func.coalesce(func.sum(func.length(NormChunk.steps)), 0),
+                                           func.min(NormChunk.first_step), func.max(NormChunk.first_step),
+                                           func.max(NormChunk.last_step)).where(*where)).one()
+    if lo is None:
+        return Extent(0, 0, -1, -1)
+    rows = int(total) // 8
+    edges = []
+    if start is not None:
+        edges.append(NormChunk.first_step < start)
+    if end is not None:
+        edges.append(NormChunk.last_step >= end)
+    if edges:
+        for (blob,) in s.execute(select(NormChunk.steps).where(*where, or_(*edges))):
+            keep = _in_range(np.frombuffer(blob, np.int64), start, end)
+            rows -= 0 if keep is None else int((~keep).sum())
+    return Extent(rows, int(lo), int(hi), min(int(last), end - 1) if end is not None else int(last))
+
+
+def norm_page(s: Session, *, job_id: str, kind: str, first_from: int, first_to: int, start: int | None = None,
+              end: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows in ``[start, end)`` of the chunks whose first step is in ``[first_from, first_to)``, joined
+    (None when there are none): one page of a series, read in a transaction of its own."""
+    rows = s.execute(select(NormChunk.steps, NormChunk.values, NormChunk.n_layers)
+                     .where(*_chunks(job_id, kind, start, end), NormChunk.first_step >= first_from,
+                            NormChunk.first_step < first_to).order_by(NormChunk.first_step)).all()
+    if not rows:
+        return None
+    parts = [_decode(r) for r in rows]
+    steps = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    values = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    keep = _in_range(steps, start, end)
+    return (steps, values) if keep is None else (steps[keep], values[keep])
+
+
+def load_norms(s: Session, *, job_id: str, kind: str, start: int | None = None,
+               end: int | None = None) -> NormBlock | None:
+    """A job's stored ``kind`` series (steps ``start`` to ``end``, end exclusive) in memory, None if never
+    recorded. A series may be long: readers that serve requests go page by page (``jobdata.norm_pages``)."""
+    layers = norm_layers(s, job_id=job_id, kind=kind)
+    if layers is None:
+        return None
+    page = norm_page(s, job_id=job_id, kind=kind, first_from=-(2**62), first_to=2**62, start=start, end=end)
+    if page is None:
+        return NormBlock(kind=kind, steps=np.zeros(0, np.int64), layers=layers,
+                         values=np.zeros((0, len(layers)), np.float32))
+    return NormBlock(kind=kind, steps=page[0], layers=layers, values=page[1])
 
 
 # --- other job data ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 
-from deepgrad_server import runner, store
+from deepgrad_core.spec import ExperimentSpec
+from deepgrad_server import admission, hostmem, runner, store
 from deepgrad_server.db import Database
 from deepgrad_server.models import TERMINAL
 from deepgrad_server.settings import Settings
@@ -89,7 +90,10 @@ class Worker:
 
     def _supervise(self, job_id: str, attempt: int) -> None:
         st = self.settings
+        if not self._fits(job_id):
+            return
         log.info("job %s: starting (attempt %d) on %s", job_id, attempt, self.device or "the default device")
+        oom_before = hostmem.oom_kills()
         proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{job_id}",
                                  args=(st.resolved_database_url, job_id, str(st.resolved_data_root),
                                        str(st.jobs_dir), self.device, self.threads))
@@ -107,8 +111,10 @@ class Worker:
                     with self.db.writing() as s:
                         ours, cancel = store.heartbeat(s, job_id=job_id, owner=self.owner,
                                                        lease_seconds=st.lease_seconds)
-                        # Not ours because the job has just written its result: let it exit.
-                        finished = not ours and store.get_job(s, job_id=job_id).state in TERMINAL
+                        # Not ours because the job has just written its result (and may even have been
+                        # deleted since, in the seconds before its process exits): let it exit.
+                        job = None if ours else store.get_job(s, job_id=job_id)
+                        finished = not ours and (job is None or job.state in TERMINAL)
                     if (cancel or not ours) and not finished and term_sent is None:
                         log.info("job %s: %s, stopping it", job_id, "cancel requested" if cancel else "lease lost")
                         proc.terminate()
@@ -118,7 +124,7 @@ class Worker:
             if self._stopping.is_set() and proc.is_alive():
                 self._release(job_id, proc)
                 return
-            self._after_exit(job_id, proc.exitcode)
+            self._after_exit(job_id, proc.exitcode, oom_before)
         finally:
             self._proc, self.current = None, None
 
@@ -133,11 +139,40 @@ class Worker:
                                  attempts=max(job.attempts - 1, 0), message="server stopped; resumes on restart")
         log.info("job %s: put back in the queue (server stopping)", job_id)
 
-    def _after_exit(self, job_id: str, code: int | None) -> None:
+    def _fits(self, job_id: str) -> bool:
+        """Whether the job's estimated memory fits this host now; if not, fail it ``out_of_memory`` unstarted."""
+        budget = admission.memory_budget(self.settings)
+        if budget is None:
+            return True
+        with self.db.reading() as s:
+            job = store.get_job(s, job_id=job_id)
+        try:
+            error = admission.memory_error(ExperimentSpec.model_validate(job.spec), self.settings, budget)
+        except ValueError:  # a spec this version refuses: the job process reports it
+            return True
+        if error is None:
+            return True
+        with self.db.writing() as s:
+            store.finish(s, job_id=job_id, state="failed", reason="out_of_memory", owner=self.owner,
+                         message=f"not started: {error['msg']}")
+        log.warning("job %s: not started, it would not fit in memory: %s", job_id, error["msg"])
+        return False
+
+    def _after_exit(self, job_id: str, code: int | None, oom_before: dict[str, int]) -> None:
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
             if job is None or job.state != "running":
                 log.info("job %s: %s", job_id, job.state if job is not None else "deleted")
+                return
+            if code == -signal.SIGKILL and hostmem.oom_killed_since(oom_before):
+                # Retrying would only feed the kernel's OOM killer again (which may pick other processes).
+                store.finish(s, job_id=job_id, state="failed", reason="out_of_memory",
+                             message="the job process was killed by the kernel's out-of-memory killer: this host "
+                                     f"(memory limit {hostmem.memory_limit_bytes() / 2**30:.1f} GiB) ran out of "
+                                     "memory; lower train.batch_size or model.width, use a smaller data.subset, "
+                                     "or set DEEPGRAD_MAX_JOB_MEMORY_GIB lower so that such jobs are refused at "
+                                     "submit")
+                log.warning("job %s: OOM-killed; failed out_of_memory (not retried)", job_id)
                 return
             if code in runner.EXIT_REASONS:  # the child knew why, but could not write it
                 store.finish(s, job_id=job_id, state="failed", reason=runner.EXIT_REASONS[code],

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deepgrad_core.norms import NormBlock
+from deepgrad_core.series import downsample
 from deepgrad_server import store
 from deepgrad_server.db import Database
 
@@ -67,18 +68,18 @@ def test_downsample_keeps_extremes_and_nonfinite() -> None:
     values = np.sin(steps / 300.0)[:, None].repeat(2, axis=1).astype(np.float32)
     values[1234, 0] = 50.0  # a spike
     values[7000, 1] = np.nan  # divergence
-    out_steps, out = store.downsample(steps, values, 500)
+    out_steps, out = downsample(steps, values, 500)
     assert len(out_steps) <= 500 and np.all(np.diff(out_steps) > 0)
     assert out[:, 0].max() == 50.0 and np.nanmin(out[:, 0]) == values[:, 0].min()
     assert np.isnan(out[:, 1]).sum() == 1
-    same_steps, same = store.downsample(steps[:100], values[:100], 500)
+    same_steps, same = downsample(steps[:100], values[:100], 500)
     assert same_steps is steps[:100] or np.array_equal(same_steps, steps[:100])
 
 
 def test_downsample_uneven_last_bucket() -> None:
     steps = np.arange(101)
     values = np.arange(101, dtype=np.float32)[:, None]
-    out_steps, out = store.downsample(steps, values, 10)
+    out_steps, out = downsample(steps, values, 10)
     assert out_steps[0] == 0 and out_steps[-1] == 100 and out[-1, 0] == 100.0 and len(out_steps) <= 10
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from deepgrad_server import store
-from deepgrad_server.deps import DbDep, load_job
+from deepgrad_server.deps import DbDep, Ids, load_job, parse_ids
 from deepgrad_server.jobdata import last_epoch_means, layer_info
-from deepgrad_server.routes.plots import Ids, parse_ids
-from deepgrad_server.routes.series import cached_norms
 from deepgrad_server.schemas import errors
 
 router = APIRouter(tags=["compare"])
@@ -20,15 +18,13 @@ EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 @router.get("/compare", responses=errors(404))
-def compare(db: DbDep, request: Request,
-            ids: Ids) -> dict[str, Any]:
+def compare(db: DbDep, ids: Ids) -> dict[str, Any]:
     """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth."""
     jobs = [load_job(db, i) for i in parse_ids(ids)]
     rows, histories, by_depth = [], {}, {}
     for job in jobs:
         with db.reading() as s:
             histories[job.id] = {m["epoch"]: m for m in store.epochs(s, job_id=job.id)}
-        block = cached_norms(request, db, job, "weight")
         cost = job.cost or {}
         final = job.final or {}
         rows.append({"id": job.id, "name": job.name, "state": job.state, "reason": job.reason,
@@ -36,11 +32,11 @@ def compare(db: DbDep, request: Request,
                      "params": cost.get("total_params"), "flops_per_image": cost.get("flops_per_image"),
                      "seconds": final.get("seconds", sum(m.get("seconds", 0) for m in histories[job.id].values())),
                      "epochs_completed": len(histories[job.id])})
-        means = last_epoch_means(block, job.steps_per_epoch or 1)
+        means = last_epoch_means(db, job)  # the last epoch's rows only: bounded however long the series
         by_depth[job.id] = [] if means is None else [
             {"layer": info["name"], "depth": info["depth"], "relative_depth": info["relative_depth"],
              "mean_norm": float(m) if np.isfinite(m) else None}
-            for info, m in zip(layer_info(job, block.layers), means, strict=True)]
+            for info, m in zip(layer_info(job, means[0]), means[1], strict=True)]
     epochs = sorted({e for h in histories.values() for e in h})
     by_epoch = [{"epoch": e, "jobs": {jid: ({k: h[e].get(k) for k in EPOCH_FIELDS} if e in h else None)
                                       for jid, h in histories.items()}} for e in epochs]

@@ -13,11 +13,10 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
-from deepgrad_server import store
+from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
 from deepgrad_server.models import TERMINAL
 from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, JobState, MetricsPublic, errors, job_public
-from deepgrad_server.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 
@@ -33,7 +32,9 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, patt
 def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Response,
                idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Queue a training job (201); a retried POST with the same Idempotency-Key returns the same job (200)."""
-    _check_limits(body, settings)
+    errors = admission.limit_errors(body, settings)
+    if errors:
+        raise RequestValidationError(errors)
     spec = body.model_copy(update={"model": body.model.resolved()}).model_dump(mode="json", exclude={"name"})
     name = body.name or f"{body.model.arch}-{body.data.name}"
     try:
@@ -48,20 +49,6 @@ def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Resp
     if not created:
         response.status_code = status.HTTP_200_OK
     return job_public(job)
-
-
-def _check_limits(body: JobCreate, settings: Settings) -> None:
-    """422, FastAPI-style, for what the spec allows but this server's settings do not."""
-    errors = []
-    for loc, value, limit, setting in ((("train", "epochs"), body.train.epochs, settings.max_epochs, "MAX_EPOCHS"),
-                                       (("train", "batch_size"), body.train.batch_size, settings.max_batch_size,
-                                        "MAX_BATCH_SIZE"),
-                                       (("model", "width"), body.model.width, settings.max_width, "MAX_WIDTH")):
-        if value > limit:
-            errors.append({"type": "less_than_equal", "loc": ("body", *loc), "input": value,
-                           "msg": f"this server allows at most {limit} (DEEPGRAD_{setting})", "ctx": {"le": limit}})
-    if errors:
-        raise RequestValidationError(errors)
 
 
 @router.get("/jobs", response_model=JobsPublic)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 
 from deepgrad_core import spec as core_spec
 from deepgrad_server import __version__, store
+from deepgrad_server.db import Database
 from deepgrad_server.deps import DbDep, SettingsDep
 from deepgrad_server.schemas import Health
 
@@ -34,11 +36,16 @@ def models(settings: SettingsDep) -> dict[str, Any]:
             "spec_schema": core_spec.ExperimentSpec.model_json_schema()}
 
 
-@public.get("/health", response_model=Health)
-def health(db: DbDep, request: Request) -> Health:
-    """Liveness and queue depth; the one endpoint that needs no token."""
+def _queue_counts(db: Database) -> dict[str, int]:
     with db.reading() as s:
-        counts = store.queue_counts(s)
+        return store.queue_counts(s)
+
+
+@public.get("/health", response_model=Health)
+async def health(db: DbDep, request: Request) -> Health:
+    """Liveness and queue depth; the one endpoint that needs no token."""
+    # Threads of its own: /health never waits behind slow requests.
+    counts = await anyio.to_thread.run_sync(_queue_counts, db, limiter=request.app.state.health_limiter)
     workers = request.app.state.workers
     state = "disabled" if not workers else ("alive" if all(w.alive for w in workers) else "stopped")
     return Health(status="ok", version=__version__, queued=counts.get("queued", 0),

@@ -1,68 +1,79 @@
-"""Rendered figures as PNG: one job's, or several compared. Finished jobs' figures are cached."""
+"""Rendered figures as PNG: one job's, or several compared. Finished jobs' figures are cached.
+
+Handlers are coroutines: the job is read on a request thread, the figure drawn on a render thread
+(``rendering.RenderPool``), so rendering never holds up other requests.
+"""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from matplotlib.figure import Figure
 
-from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, JobData, PlotDataError, render_compare, render_job, to_png
+from deepgrad_core.plots import (
+    COMPARE_KINDS,
+    JOB_KINDS,
+    JobData,
+    PlotDataError,
+    PlotParameterError,
+    render_compare,
+    render_job,
+    to_png,
+)
 from deepgrad_server.db import Database
-from deepgrad_server.deps import DbDep, JobId, invalid, load_job
-from deepgrad_server.jobdata import job_data
+from deepgrad_server.deps import DbDep, Ids, JobId, invalid, load_job, parse_ids
+from deepgrad_server.jobdata import job_data, plot_series, recorded_epochs
 from deepgrad_server.models import TERMINAL, Job
-from deepgrad_server.routes.series import cached_norms
-from deepgrad_server.schemas import JOB_ID_PATTERN, errors
+from deepgrad_server.schemas import errors
 
 router = APIRouter(tags=["plots"])
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
-MAX_COMPARE = 12
 NO_SERIES = ("metrics", "filters", "cost")
 Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
 Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*[1-9]\d{0,5}(\s*,\s*[1-9]\d{0,5})*\s*$",
                                      description="comma-separated epochs counted from 1 (depth)")]
+PLOT_ERRORS = {**PNG, **errors(404, 409), 503: {"description": "too many figures rendering; retry after "
+                                                               "Retry-After seconds"}}
 
 
-IDS_PATTERN = rf"^\s*[0-9a-f]{{12}}(\s*,\s*[0-9a-f]{{12}}){{0,{MAX_COMPARE - 1}}}\s*$"
-Ids = Annotated[str, Query(max_length=400, pattern=IDS_PATTERN,
-                           description=f"1..{MAX_COMPARE} comma-separated job ids (12 lowercase hex characters)")]
-
-
-def parse_ids(ids: str) -> list[str]:
-    """The ids of a query ``Ids`` has checked, duplicates dropped."""
-    parts = list(dict.fromkeys(p.strip() for p in ids.split(",") if p.strip()))
-    bad = [p for p in parts if not re.fullmatch(JOB_ID_PATTERN, p)]
-    if bad or not 1 <= len(parts) <= MAX_COMPARE:  # the pattern already says so: kept for direct callers
-        raise invalid(f"ids must be 1..{MAX_COMPARE} comma-separated job ids of 12 hex characters", "ids")
-    return parts
-
-
-def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool, render) -> Response:  # noqa: ANN001
+async def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: bool,
+               render: Callable[[], Figure]) -> Response:
     cache = request.app.state.plot_cache
     png = cache.get(key) if cacheable else None
     if png is None:
         try:
-            png = to_png(render())
+            png = await request.app.state.render_pool.run(lambda: to_png(render()))
         except PlotDataError as err:
             raise HTTPException(status.HTTP_404_NOT_FOUND if cacheable else status.HTTP_409_CONFLICT,
                                 detail=str(err)) from err
-        except ValueError as err:  # a parameter the figure cannot use: name it
-            msg = str(err)
-            param = next((p for p in ("norm_kind", "norm kind", "layers", "epochs", "smooth", "max_points")
-                          if p in msg), None)
-            raise invalid(msg, *([param.replace(" ", "_")] if param else [])) from err
+        except PlotParameterError as err:  # a parameter the figure cannot use: name it
+            raise invalid(str(err), err.param) from err
         if cacheable:
             cache.put(key, ids, png)
     return Response(png, media_type="image/png",
                     headers={"Cache-Control": "private, max-age=3600" if cacheable else "no-store"})
 
 
-def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str) -> JobData:
-    """What the figure needs: only its norm kind (none for metrics, filters, cost), finished jobs' from the cache."""
+def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str,
+          epochs: list[int] | None = None) -> JobData:
+    """What the figure needs: only its norm kind (none for metrics, filters, cost), bounded in memory: a depth
+    figure reads the epochs it draws (``epochs`` 1-based, default the first, middle and last)."""
     kinds = () if kind in NO_SERIES else (norm_kind,)
-    return job_data(db, job, kinds, load=lambda j, k: cached_norms(request, db, j, k))
+    chosen = None
+    if kind == "depth":
+        present = recorded_epochs(db, job, norm_kind)
+        missing = [e for e in epochs or [] if e - 1 not in present]
+        if present and missing:
+            raise PlotDataError(f"job {job.name!r} has no norms for epoch(s) {missing}; epochs with norms: "
+                                f"{present[0] + 1}..{present[-1] + 1} (numbered from 1)")
+        chosen = [e - 1 for e in epochs] if epochs else sorted({present[0], present[len(present) // 2],
+                                                               present[-1]}) if present else []
+    cache = request.app.state.series_cache
+    return job_data(db, job, kinds, load=lambda j, k: plot_series(db, cache, j, k, epochs=chosen))
 
 
 def _epochs(text: str | None) -> list[int] | None:
@@ -74,32 +85,40 @@ def _names(text: str | None) -> list[str] | None:
     return names or None
 
 
-@router.get("/jobs/{job_id}/plots/{kind}.png", response_class=Response, responses={**PNG, **errors(404, 409)})
-def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Request,
-             norm_kind: Literal["weight", "activation", "global"] = "weight", layers: Layers = None,
-             epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
-             max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000) -> Response:
+@router.get("/jobs/{job_id}/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
+async def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Request,
+                   norm_kind: Literal["weight", "activation", "global"] = "weight", layers: Layers = None,
+                   epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
+                   max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000) -> Response:
     """One job's figure: norms, selected, heatmap, depth, metrics, filters or cost."""
-    job = load_job(db, job_id)
+    job = await anyio.to_thread.run_sync(load_job, db, job_id)
     if job.state == "queued":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
     key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points)
-    return _png(request, key, frozenset([job_id]), job.state in TERMINAL,
-                lambda: render_job(kind, _data(request, db, job, kind, norm_kind), norm_kind=norm_kind,
-                                   layers=_names(layers),
-                                   epochs=_epochs(epochs), smooth=smooth, max_points=max_points))
+    return await _png(request, key, frozenset([job_id]), job.state in TERMINAL,
+                      lambda: render_job(kind, _data(request, db, job, kind, norm_kind, _epochs(epochs)),
+                                         norm_kind=norm_kind, layers=_names(layers), epochs=_epochs(epochs),
+                                         smooth=smooth, max_points=max_points))
 
 
-@router.get("/compare/plots/{kind}.png", response_class=Response, responses={**PNG, **errors(404, 409)})
-def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request,
-                 ids: Ids,
-                 norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None) -> Response:
+@router.get("/compare/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
+async def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request, ids: Ids,
+                       norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None) -> Response:
     """Several jobs on one figure: metrics, depth (relative depth 0..1) or filters."""
-    jobs = [load_job(db, i) for i in parse_ids(ids)]
+    jobs = await anyio.to_thread.run_sync(lambda: [load_job(db, i) for i in parse_ids(ids)])
     queued = [j.id for j in jobs if j.state == "queued"]
     if queued:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
     key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs)
-    return _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
-                lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind) for j in jobs],
-                                       norm_kind=norm_kind, epochs=_epochs(epochs)))
+
+    def data(job: Job) -> JobData:  # compare depth draws one epoch per job: the last, or the one asked for
+        if kind != "depth":
+            return _data(request, db, job, kind, norm_kind)
+        present = recorded_epochs(db, job, norm_kind)
+        chosen = [e - 1 for e in _epochs(epochs) or []] or present[-1:]
+        return job_data(db, job, (norm_kind,), load=lambda j, k: plot_series(
+            db, request.app.state.series_cache, j, k, epochs=chosen))
+
+    return await _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
+                      lambda: render_compare(kind, [data(j) for j in jobs], norm_kind=norm_kind,
+                                             epochs=_epochs(epochs)))

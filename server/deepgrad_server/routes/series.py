@@ -1,8 +1,11 @@
-"""Per-layer gradient-norm series: downsampled JSON for plots, the full table as CSV."""
+"""Per-layer gradient-norm series: downsampled JSON for plots, the full table as CSV.
+
+Both stream the series out of the store page by page (``jobdata.norm_pages``): a read costs memory in
+proportion to its answer (JSON) or to one page (CSV), never to the whole series.
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -10,18 +13,16 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
-from deepgrad_core.norms import NormBlock
+from deepgrad_core.series import csv_header, csv_rows
 from deepgrad_server import store
-from deepgrad_server.db import Database
 from deepgrad_server.deps import DbDep, JobId, invalid, load_job
-from deepgrad_server.jobdata import layer_info
+from deepgrad_server.jobdata import downsampled, layer_info, norm_pages
 from deepgrad_server.models import TERMINAL, Job
 from deepgrad_server.schemas import SeriesPublic, errors
 
 router = APIRouter(tags=["gradients"])
 
 NormKind = Literal["weight", "activation", "global"]
-CSV_ROWS_PER_CHUNK = 5000
 MAX_STEP = 2**62  # steps are int64; bounded so that no comparison overflows
 
 
@@ -31,19 +32,6 @@ def _missing(job: Job, kind: str) -> HTTPException:
                              f"(recorded: {sorted(job.norm_layers or {})})")
     return HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job.id} is {job.state} and has no {kind} "
                          "gradient norms yet; try again when it has run a few steps")
-
-
-def cached_norms(request: Request, db: Database, job: Job, kind: str) -> NormBlock | None:
-    """A job's whole ``kind`` series; a finished job's is decoded once and then kept (it never changes)."""
-    cache = request.app.state.series_cache
-    key = ("norms", job.id, kind)
-    if job.state in TERMINAL and (hit := cache.get(key)) is not None:
-        return hit
-    with db.reading() as s:
-        block = store.load_norms(s, job_id=job.id, kind=kind)
-    if job.state in TERMINAL and block is not None:
-        cache.put(key, frozenset([job.id]), block)
-    return block
 
 
 def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
@@ -57,55 +45,60 @@ def parse_layers(text: str | None, known: tuple[str, ...]) -> list[int]:
     return [known.index(n) for n in dict.fromkeys(names)]
 
 
+def _columns(values: np.ndarray) -> list[list[float | None]]:
+    """One list per column; NaN and infinities as null."""
+    columns = values.T.astype(np.float64)
+    if np.isfinite(columns).all():
+        return columns.tolist()
+    out = columns.astype(object)
+    out[~np.isfinite(columns)] = None
+    return out.tolist()
+
+
 @router.get("/jobs/{job_id}/gradients", response_model=SeriesPublic, responses=errors(404, 409))
 def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weight",
               layers: Annotated[str | None, Query(max_length=2000, description="comma-separated names")] = None,
-              start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
-              end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+              start: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="first step (inclusive)")] = None,
+              end: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step (exclusive); must be "
+                                               "greater than start")] = None,
               max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000) -> SeriesPublic:
     """A job's per-layer norm series, min/max downsampled to at most ``max_points`` steps."""
     job = load_job(db, job_id)
     if start is not None and end is not None and end <= start:
         raise invalid(f"end ({end}) must be after start ({start})", "end")
-    block = cached_norms(request, db, job, kind)
-    if block is None:
+    with db.reading() as s:
+        known = store.norm_layers(s, job_id=job_id, kind=kind)
+    if known is None:
         raise _missing(job, kind)
-    if start is not None or end is not None:
-        keep = (block.steps >= (start or 0)) & (block.steps < (end if end is not None else np.iinfo(np.int64).max))
-        block = NormBlock(kind, block.steps[keep], block.layers, block.values[keep])
-    cols = parse_layers(layers, block.layers)
-    steps, values = store.downsample(block.steps, block.values[:, cols], max_points)
-    columns = values.T.astype(np.float64)
-    if np.isfinite(columns).all():
-        lists = columns.tolist()
+    cols = parse_layers(layers, known)
+    key = ("gradients", job_id, kind, tuple(cols), start, end, max_points)
+    cache = request.app.state.series_cache
+    if job.state in TERMINAL and (hit := cache.get(key)) is not None:
+        total, steps, values = hit
     else:
-        lists = np.where(np.isfinite(columns), columns, np.nan).astype(object)
-        lists[~np.isfinite(columns)] = None
-        lists = lists.tolist()
-    names = [block.layers[c] for c in cols]
-    return SeriesPublic(job_id=job_id, kind=kind, total_steps=len(block), downsampled=len(steps) < len(block),
-                        layers=layer_info(job, names), steps=steps.tolist(), values=lists)
+        total, steps, values = downsampled(db, job_id, kind, cols, start=start, end=end, max_points=max_points)
+        if job.state in TERMINAL:
+            cache.put(key, frozenset([job_id]), (total, steps, values))
+    names = [known[c] for c in cols]
+    return SeriesPublic(job_id=job_id, kind=kind, total_steps=total, downsampled=len(steps) < total,
+                        layers=layer_info(job, names), steps=steps.tolist(), values=_columns(values))
 
 
 @router.get("/jobs/{job_id}/gradients.csv", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}}, "description": "step, then one column per layer"},
                        **errors(404, 409)})
 def gradients_csv(job_id: JobId, db: DbDep, kind: NormKind = "weight") -> StreamingResponse:
-    """The full series as CSV: ``step,<layer>,...``, one row per recorded step (nan/inf as such)."""
+    """The full series as CSV: ``step,<layer>,...``, one row per recorded step (nan/inf as such), streamed."""
     job = load_job(db, job_id)
     with db.reading() as s:
-        block = store.load_norms(s, job_id=job_id, kind=kind)
-    if block is None:
+        known = store.norm_layers(s, job_id=job_id, kind=kind)
+    if known is None:
         raise _missing(job, kind)
 
     def rows() -> Iterator[str]:
-        yield ",".join(("step", *block.layers)) + "\n"
-        for i in range(0, len(block), CSV_ROWS_PER_CHUNK):
-            buf = io.StringIO()
-            chunk = slice(i, i + CSV_ROWS_PER_CHUNK)
-            table = np.column_stack([block.steps[chunk].astype(np.float64), block.values[chunk].astype(np.float64)])
-            np.savetxt(buf, table, fmt=["%d"] + ["%.9g"] * len(block.layers), delimiter=",")
-            yield buf.getvalue()
+        yield csv_header(known)
+        for steps, values in norm_pages(db, job_id, kind):
+            yield csv_rows(steps, values)
 
     return StreamingResponse(rows(), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}-{kind}.csv"'})

@@ -1,0 +1,147 @@
+"""How much memory a run will need, estimated from its spec before anything is loaded or allocated.
+
+The model is built on PyTorch's ``meta`` device (shapes without storage, a fraction of a second even
+for full-size models) and run forward once, so parameters, tracked layers and what autograd keeps
+for backward come from the real builder, not from a second description of each architecture.
+
+Host memory of a run on the CPU = the Python/PyTorch runtime + the data set as loaded + weights,
+gradients and optimizer state + the activations of a training step + the recorded norm history.
+On a GPU the model and the activations live on the device instead (``device_bytes``); the host keeps
+the runtime (larger: CUDA's libraries), the data and the norms. The constants were measured on the
+CPU with ``bench/memory_estimate.py`` (peak RSS of real runs against this estimate, side by side).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from deepgrad_core.models import build_model, tracked_layers
+from deepgrad_core.spec import (
+    DATASET_CHANNELS,
+    DATASET_CLASSES,
+    DATASET_IMAGES_PER_CLASS,
+    DEFAULT_IMAGE_SIDE,
+    ExperimentSpec,
+    ModelSpec,
+    images_per_class,
+    planned_steps,
+)
+
+MiB = 1 << 20
+# Resident memory of a training process beyond its data, weights and activations: Python, NumPy, PyTorch's
+# CPU kernels (~550 MB) and what a training loop adds over its first steps (oneDNN's caches, allocator slack).
+RUNTIME_BYTES = 1000 * MiB
+# What CUDA adds on the host (its libraries and the context's host-side state), and on the device: not
+# measured here (no GPU at hand when these were set); generous on purpose.
+CUDA_HOST_BYTES = 1200 * MiB
+CUDA_CONTEXT_BYTES = 600 * MiB
+# Autograd keeps ~75% of the leaf modules' outputs for backward, and backward adds the gradients flowing
+# through the widest layers: measured peaks sit at 0.8-0.95x of the saved outputs plus the runtime
+# (bench/memory_estimate.py), so 1.1x of the leaf outputs bounds them. Mixed precision halves most of it.
+ACTIVATION_FACTOR = 1.1
+HALF_PRECISION_FACTOR = 0.6
+# Optimizer state per parameter, in copies of the weights.
+_OPTIMIZER_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak bytes of one run: on the host, and on the training device when that is a GPU."""
+
+    host_bytes: int
+    device_bytes: int  # 0 when training on the CPU (then everything is host memory)
+    parts: dict[str, int]  # runtime, data, model, activations, norms (bytes each)
+    device_type: str
+
+    def main_cause(self) -> tuple[str, str]:
+        """The largest part, and the spec field that most directly shrinks it."""
+        part = max(("data", "model", "activations", "norms"), key=lambda k: self.parts[k])
+        return part, {"data": "data.subset", "model": "model.width", "activations": "train.batch_size",
+                      "norms": "train.epochs"}[part]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host_bytes": self.host_bytes, "device_bytes": self.device_bytes, "device_type": self.device_type,
+                "parts": dict(self.parts)}
+
+
+@dataclass(frozen=True)
+class _ModelShape:
+    params: int
+    tracked: int
+    activation_bytes_per_image: int
+
+
+@functools.lru_cache(maxsize=64)
+def _model_shape(model_spec: ModelSpec, side: int, layer_types: tuple[str, ...]) -> _ModelShape:
+    """Parameter count, tracked layers and saved-activation bytes per image, from a meta-device model."""
+    with torch.device("meta"):
+        model = build_model(model_spec)
+        x = torch.empty(2, model_spec.in_channels, side, side)
+        saved = _saved_output_bytes(model, x)
+    return _ModelShape(params=sum(p.numel() for p in model.parameters()),
+                       tracked=len(tracked_layers(model, layer_types)), activation_bytes_per_image=saved // 2)
+
+
+def _saved_output_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of every leaf module's output in a training-mode forward (a tensor counted once)."""
+    model.train()
+    seen: dict[int, torch.Tensor] = {}  # kept alive so that ids are never reused
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        for t in tree_leaves(output):
+            if isinstance(t, torch.Tensor):
+                seen.setdefault(id(t), t)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def _loaded_images(spec: ExperimentSpec, split: str) -> tuple[int, int]:
+    """(images decoded while loading, images kept) of one split: real data sets are read whole, then subset."""
+    kept = images_per_class(spec.data, split) * DATASET_CLASSES[spec.data.name]
+    if spec.data.name == "synthetic":
+        return 0, kept
+    return DATASET_IMAGES_PER_CLASS[spec.data.name][split] * DATASET_CLASSES[spec.data.name], kept
+
+
+def estimate_memory(spec: ExperimentSpec, device_type: str = "cpu") -> MemoryEstimate:
+    """Peak memory of running ``spec`` on a device of ``device_type`` (``cpu`` or ``cuda``)."""
+    side = spec.data.image_size or DEFAULT_IMAGE_SIDE
+    channels = DATASET_CHANNELS.get(spec.data.name, spec.model.in_channels)
+    shape = _model_shape(spec.model.resolved(), side, tuple(spec.tracking.layer_types))
+    image = channels * side * side  # uint8 bytes
+    data = kept_bytes = 0
+    for split in ("train", "test"):
+        read, kept = _loaded_images(spec, split)
+        kept_bytes += kept * (image + 8)  # images and int64 labels
+        data += read * image + kept * (image + 8)  # the whole split is read before the subset is taken
+    ts = spec.train
+    copies = 2 + (_OPTIMIZER_COPIES[ts.optimizer] if ts.optimizer != "sgd" or ts.momentum > 0 else 0)
+    model = shape.params * 4 * copies
+    batch = ts.batch_size
+    # Saved outputs of a training step, plus the batch itself: padded uint8, gathered, float, normalized.
+    factor = ACTIVATION_FACTOR * (HALF_PRECISION_FACTOR if ts.precision != "fp32" else 1.0)
+    activations = int(shape.activation_bytes_per_image * batch * factor) + batch * image * 16
+    _, steps = planned_steps(spec)
+    every = spec.tracking.activation_every
+    rows = steps * (1 + (1 / every if every else 0)) + (steps if ts.grad_clip is not None else 0)
+    norms = int(rows * max(shape.tracked, 1) * 4 * 2)  # kept whole, and concatenated for each checkpoint
+    parts = {"runtime": RUNTIME_BYTES, "data": data, "model": model, "activations": activations, "norms": norms}
+    if device_type == "cuda":
+        parts["runtime"] += CUDA_HOST_BYTES
+        host = parts["runtime"] + data + norms
+        device = CUDA_CONTEXT_BYTES + kept_bytes + model + activations
+    else:
+        host, device = sum(parts.values()), 0
+    return MemoryEstimate(host_bytes=int(host), device_bytes=int(device), parts=parts, device_type=device_type)

@@ -1,0 +1,162 @@
+"""Norm series as tables of steps x layers (numpy only): min/max downsampling that streams, CSV rows.
+
+A series can be far larger than what is read from it: 40 epochs at batch 1 on CIFAR-10 are 2,000,000
+steps x 17 layers (136 MB of float32). ``MinMax`` downsamples it block by block as the blocks come out
+of a store, holding only one partial bucket and the answer, so a read costs memory bounded by what it
+returns, not by the series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+
+NonFinite = Literal["show", "hide"]
+CSV_FLOAT = "%.9g"  # round-trips float32 exactly
+
+
+def bucket_size(n: int, max_points: int) -> int:
+    """Rows per bucket so that ``n`` rows give at most ``max_points // 2`` buckets (two rows each)."""
+    buckets = max(max_points // 2, 1)
+    return max(-(-n // buckets), 1)
+
+
+class MinMax:
+    """Downsample a ``[n x L]`` table, fed in consecutive blocks, to at most ``max_points`` rows.
+
+    Rows are grouped in buckets of ``bucket_size(n, max_points)`` consecutive rows; each bucket gives two
+    rows, at its first and its last step, holding per column the bucket's minimum and maximum, the one
+    that comes first on the first row (a one-row bucket gives one row). ``nonfinite="show"``: a bucket
+    holding a NaN or infinity shows the first one on its second row (divergence must not be smoothed
+    away); ``"hide"``: non-finite values are ignored, and a column with none finite in a bucket is NaN.
+    ``n`` must be the total row count (a store counts before it reads); with ``n <= max_points`` every
+    row is kept as it is.
+    """
+
+    def __init__(self, n: int, max_points: int, *, nonfinite: NonFinite = "show") -> None:
+        if nonfinite not in ("show", "hide"):
+            raise ValueError(f"nonfinite must be 'show' or 'hide', got {nonfinite!r}")
+        self.n, self.nonfinite = n, nonfinite
+        self.size = 1 if n <= max_points else bucket_size(n, max_points)
+        self.seen = 0
+        self._open: dict[str, np.ndarray] | None = None  # the bucket still being filled
+        self._steps: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+
+    def add(self, steps: np.ndarray, values: np.ndarray) -> None:
+        """The next rows of the table (any number, in order)."""
+        if not len(steps):
+            return
+        if self.size == 1:
+            self._steps.append(np.asarray(steps, np.int64))
+            self._rows.append(np.asarray(values, np.float64))
+            self.seen += len(steps)
+            return
+        index = self.seen + np.arange(len(steps))
+        bucket = index // self.size
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+        part = self._reduce(steps, np.asarray(values, np.float64), index, starts)
+        part["bucket"] = bucket[starts]
+        if self._open is not None:
+            if part["bucket"][0] == self._open["bucket"][0]:
+                part = _merge_first(self._open, part)
+            else:
+                self._emit(self._open)
+        last = {k: v[-1:] for k, v in part.items()}
+        if len(part["bucket"]) > 1:
+            self._emit({k: v[:-1] for k, v in part.items()})
+        self._open = last
+        self.seen += len(steps)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps int64 [m], values float64 [m, L])``, ``m <= max_points``."""
+        if self._open is not None:
+            self._emit(self._open)
+            self._open = None
+        if not self._steps:
+            return np.zeros(0, np.int64), np.zeros((0, 0))
+        return np.concatenate(self._steps), np.concatenate(self._rows)
+
+    def _reduce(self, steps: np.ndarray, v: np.ndarray, index: np.ndarray,
+                starts: np.ndarray) -> dict[str, np.ndarray]:
+        """Per segment (rows of one bucket) and column: min, max, their positions, first non-finite."""
+        finite = np.isfinite(v)
+        lengths = np.diff(np.r_[starts, len(v)])
+        lo = np.minimum.reduceat(np.where(finite, v, np.inf), starts, axis=0)
+        hi = np.maximum.reduceat(np.where(finite, v, -np.inf), starts, axis=0)
+        pos = np.broadcast_to(index[:, None], v.shape)
+        far = np.iinfo(np.int64).max
+        lo_at = np.minimum.reduceat(np.where(finite & (v == np.repeat(lo, lengths, axis=0)), pos, far), starts, axis=0)
+        hi_at = np.minimum.reduceat(np.where(finite & (v == np.repeat(hi, lengths, axis=0)), pos, far), starts, axis=0)
+        bad_at = np.minimum.reduceat(np.where(finite, far, pos), starts, axis=0)
+        bad_row = np.clip(bad_at - index[0], 0, len(v) - 1)
+        bad = np.take_along_axis(v, bad_row, axis=0)
+        return {"lo": lo, "hi": hi, "lo_at": lo_at, "hi_at": hi_at, "bad": bad, "bad_at": bad_at,
+                "first": steps[starts].astype(np.int64), "last": steps[starts + lengths - 1].astype(np.int64),
+                "rows": lengths}
+
+    def _emit(self, part: dict[str, np.ndarray]) -> None:
+        lo, hi, lo_at, hi_at = part["lo"], part["hi"], part["lo_at"], part["hi_at"]
+        none_finite = np.isinf(lo) & (lo > 0)  # no finite value: min stayed +inf
+        ordered = lo_at <= hi_at
+        first = np.where(ordered, lo, hi)
+        second = np.where(ordered, hi, lo)
+        bad = part["bad_at"] < np.iinfo(np.int64).max
+        if self.nonfinite == "show":
+            first = np.where(none_finite, part["bad"], first)
+            second = np.where(bad, part["bad"], second)
+        else:
+            first = np.where(none_finite, np.nan, first)
+            second = np.where(none_finite, np.nan, second)
+        steps = np.stack([part["first"], part["last"]], axis=1).reshape(-1)
+        rows = np.stack([first, second], axis=1).reshape(2 * len(first), -1)
+        single = part["rows"] == 1
+        if single.any():
+            keep = np.ones(len(steps), bool)
+            keep[np.flatnonzero(single) * 2 + 1] = False
+            steps, rows = steps[keep], rows[keep]
+        self._steps.append(steps)
+        self._rows.append(rows)
+
+
+def _merge_first(open_: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``part`` with its first segment merged into the open bucket that it continues."""
+    out = {k: v.copy() for k, v in part.items()}
+    lower = open_["lo"][0] <= part["lo"][0]  # ties: the earlier position (the open bucket's) wins
+    out["lo"][0] = np.where(lower, open_["lo"][0], part["lo"][0])
+    out["lo_at"][0] = np.where(lower, open_["lo_at"][0], part["lo_at"][0])
+    higher = open_["hi"][0] >= part["hi"][0]
+    out["hi"][0] = np.where(higher, open_["hi"][0], part["hi"][0])
+    out["hi_at"][0] = np.where(higher, open_["hi_at"][0], part["hi_at"][0])
+    earlier_bad = open_["bad_at"][0] <= part["bad_at"][0]
+    out["bad"][0] = np.where(earlier_bad, open_["bad"][0], part["bad"][0])
+    out["bad_at"][0] = np.where(earlier_bad, open_["bad_at"][0], part["bad_at"][0])
+    out["first"][0] = open_["first"][0]
+    out["rows"][0] = open_["rows"][0] + part["rows"][0]
+    return out
+
+
+def downsample(steps: np.ndarray, values: np.ndarray, max_points: int, *,
+               nonfinite: NonFinite = "show") -> tuple[np.ndarray, np.ndarray]:
+    """``MinMax`` over one in-memory table; the table itself when it already fits."""
+    if len(steps) <= max_points:
+        return steps, values
+    reducer = MinMax(len(steps), max_points, nonfinite=nonfinite)
+    reducer.add(steps, values)
+    return reducer.result()
+
+
+def csv_header(layers: Iterable[str]) -> str:
+    return ",".join(("step", *layers)) + "\n"
+
+
+def csv_rows(steps: np.ndarray, values: np.ndarray) -> str:
+    """``step,v1,v2,...`` lines (nan/inf written as such; floats round-trip float32)."""
+    import io
+
+    buf = io.StringIO()
+    table = np.column_stack([np.asarray(steps, np.float64), np.asarray(values, np.float64)])
+    np.savetxt(buf, table, fmt=["%d"] + [CSV_FLOAT] * values.shape[1], delimiter=",")
+    return buf.getvalue()
