@@ -159,4 +159,58 @@ def csv_rows(steps: np.ndarray, values: np.ndarray) -> str:
     buf = io.StringIO()
     table = np.column_stack([np.asarray(steps, np.float64), np.asarray(values, np.float64)])
     np.savetxt(buf, table, fmt=["%d"] + [CSV_FLOAT] * values.shape[1], delimiter=",")
-    return buf.getvalue()
+    text = buf.getvalue()
+    buf.close()  # savetxt's writer keeps the buffer in a reference cycle: free its text now, not at the next gc
+    return text
+
+
+class EpochMeans:
+    """Per-epoch mean of each column's finite values, fed in consecutive blocks (memory: epochs x layers).
+
+    Step ``s`` is in epoch ``s // steps_per_epoch``. Non-finite values are left out of the means; the steps
+    holding any are counted (``nonfinite_steps``).
+    """
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch = steps_per_epoch
+        self._sums: dict[int, np.ndarray] = {}
+        self._counts: dict[int, np.ndarray] = {}
+        self.nonfinite_steps = 0
+
+    def add(self, steps: np.ndarray, values: np.ndarray) -> None:
+        if not len(steps):
+            return
+        v = np.asarray(values, np.float64)
+        finite = np.isfinite(v)
+        self.nonfinite_steps += int((~finite.all(axis=1)).sum())
+        epoch = np.asarray(steps, np.int64) // self.steps_per_epoch
+        order = np.argsort(epoch, kind="stable")
+        epoch, v, finite = epoch[order], v[order], finite[order]
+        starts = np.flatnonzero(np.r_[True, epoch[1:] != epoch[:-1]])
+        sums = np.add.reduceat(np.where(finite, v, 0.0), starts, axis=0)
+        counts = np.add.reduceat(finite.astype(np.int64), starts, axis=0)
+        for e, s, c in zip(epoch[starts].tolist(), sums, counts, strict=True):
+            if e in self._sums:
+                self._sums[e] += s
+                self._counts[e] += c
+            else:
+                self._sums[e], self._counts[e] = s, c
+
+    def result(self) -> tuple[list[int], np.ndarray]:
+        """(0-based epochs present, ``[epochs, layers]`` means in float64, NaN where a column had no finite value)."""
+        epochs = sorted(self._sums)
+        if not epochs:
+            return [], np.zeros((0, 0))
+        sums = np.stack([self._sums[e] for e in epochs])
+        counts = np.stack([self._counts[e] for e in epochs])
+        return epochs, np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
+def epoch_means(steps: np.ndarray, values: np.ndarray, steps_per_epoch: int) -> tuple[list[int], np.ndarray, int]:
+    """``EpochMeans`` of one in-memory table: (epochs, means, steps with a non-finite value)."""
+    acc = EpochMeans(steps_per_epoch)
+    acc.add(steps, values)
+    epochs, means = acc.result()
+    return epochs, means, acc.nonfinite_steps

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from deepgrad_core.norms import NormBlock
+from deepgrad_core.series import epoch_means
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,7 @@ def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction
     }
     if not summary["has_data"]:
         return summary
-    epoch_of_step = np.asarray(block.steps, dtype=np.int64) // steps_per_epoch
-    epochs = np.unique(epoch_of_step)
-    means = np.stack([_finite_mean(block.values[epoch_of_step == e]) for e in epochs])  # [epochs, layers]
+    epochs, means, nonfinite = epoch_means(block.steps, block.values, steps_per_epoch)  # [epochs, layers]
     ratios = [_ratio(row) for row in means]
     last = means[-1]
     summary.update(
@@ -55,7 +54,7 @@ def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction
         first_last_ratio=ratios[-1],
         min_layer=block.layers[int(np.nanargmin(last))] if np.isfinite(last).any() else None,
         vanishing=None if ratios[-1] is None else bool(ratios[-1] < fraction),
-        nonfinite_steps=int(len(block.nonfinite_steps)),
+        nonfinite_steps=nonfinite,
     )
     return summary
 
@@ -76,16 +75,6 @@ def summarize_run(blocks: dict[str, NormBlock | None], *, steps_per_epoch: int, 
     result["vanishing_source"] = source
     log.debug("run verdict: vanishing=%s from %s", result["vanishing"], source)
     return result
-
-
-def _finite_mean(values: np.ndarray) -> np.ndarray:
-    """Column means over finite entries only (NaN where a column has none), in float64."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    counts = finite.sum(axis=0)
-    sums = np.where(finite, values, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _ratio(means: np.ndarray) -> float | None:

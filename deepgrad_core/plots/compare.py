@@ -12,7 +12,6 @@ from deepgrad_core.plots.canvas import empty_panel, job_label, log_axis, new_fig
 from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
 from deepgrad_core.plots.metrics import epoch_series, style_epoch_axis
 from deepgrad_core.plots.model import draw_filters, require_filters
-from deepgrad_core.plots.norms import epoch_means
 from deepgrad_core.plots.series import Hidden
 
 
@@ -55,7 +54,7 @@ def _epoch_profile(job: JobData, norm_kind: str, epoch: int | None) -> tuple[int
     block = job.series.get(norm_kind)
     if block is None or len(block) == 0:
         return None
-    present, means, _ = epoch_means(block, job.steps_per_epoch)
+    present, means, _ = job.means(norm_kind)
     epoch = present[-1] if epoch is None else epoch
     if epoch not in present:
         return None

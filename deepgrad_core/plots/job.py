@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from deepgrad_core.norms import NormBlock
+from deepgrad_core.series import epoch_means
 
 
 class PlotDataError(ValueError):
@@ -46,6 +47,9 @@ class JobData:
     cost: dict[str, Any] | None = None
     filters: np.ndarray | None = None
     state: str = "succeeded"
+    # Per-epoch means of a norm kind computed where the series is (a store streams them): kind -> (0-based
+    # epochs, [epochs x layers] means, steps with a NaN/inf). Figures use them instead of ``series``' rows.
+    epoch_means: dict[str, tuple[list[int], np.ndarray, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
@@ -72,6 +76,13 @@ class JobData:
     def depth_of(self, layer: str, default: int) -> int:
         """A layer's depth as the tracker numbered it (``default`` for a name it does not know)."""
         return next((int(la["depth"]) for la in self.layers if la.get("name") == layer), default)
+
+    def means(self, kind: str) -> tuple[list[int], np.ndarray, int]:
+        """(0-based epochs present, ``[epochs, layers]`` means of finite norms (NaN: none), steps with NaN/inf)."""
+        if kind in self.epoch_means:
+            return self.epoch_means[kind]
+        block = self.block(kind)
+        return epoch_means(block.steps, block.values, self.steps_per_epoch)
 
     @property
     def title_state(self) -> str:

@@ -8,7 +8,6 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
-from deepgrad_core.analysis.summary import vanishing_summary
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots.canvas import (
     DEPTH_CMAP,
@@ -181,14 +180,6 @@ def _layer_ticks(ax: Axes, names: list[str], axis: str, positions: list[float] |
                       ha="right" if len(ticks) > 8 else "center")
 
 
-def epoch_means(block: NormBlock, steps_per_epoch: int) -> tuple[list[int], np.ndarray, int]:
-    """0-based epochs present, ``[epochs, layers]`` means of finite norms (NaN: none), steps with NaN/inf."""
-    summary = vanishing_summary(block, steps_per_epoch=steps_per_epoch)
-    means = np.array([[np.nan if v is None else v for v in summary["mean_per_epoch"][name]]
-                      for name in block.layers], dtype=np.float64).T
-    return summary["epochs"], means, summary["nonfinite_steps"]
-
-
 def pick_epochs(present: list[int], epochs: list[int] | None, job: JobData) -> list[int]:
     """0-based epochs to draw: ``epochs`` (1-based, as figures label them) or the first, middle and last."""
     if epochs is None:
@@ -204,7 +195,7 @@ def depth_figure(job: JobData, *, norm_kind: str, layers: list[str] | None, epoc
     """Mean norm per layer against depth, one line per chosen epoch (first, middle, last by default)."""
     block = job.block(norm_kind)
     cols = columns(block, layers)
-    present, means, bad_steps = epoch_means(block, job.steps_per_epoch)
+    present, means, bad_steps = job.means(norm_kind)
     chosen = pick_epochs(present, epochs, job)
     depths = [job.depth_of(block.layers[c], c) for c in cols]
     fig = new_figure()

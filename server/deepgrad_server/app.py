@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_docs(app, public=settings.public_docs)
     add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    if settings.host_allowlist is not None:
+    if settings.host_allowlist is not None or not settings.auth:  # auth off: loopback names only (None)
         app.add_middleware(HostCheck, allowed=settings.host_allowlist)  # outermost: nothing runs for a bad Host
     return app
 

@@ -12,8 +12,6 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
 
 def host_name(header: str) -> str:
     """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1``; lower case, no trailing dot."""

@@ -8,24 +8,26 @@ A series can be 2,000,000 steps x 17 layers (136 MB). No reader here holds it wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import JobData
-from deepgrad_core.series import MinMax
+from deepgrad_core.series import EpochMeans, MinMax, csv_header, csv_rows
 from deepgrad_server import store
 from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
 from deepgrad_server.models import TERMINAL, Job
 
-PAGE_STEPS = 20_000  # steps per page: ~1.4 MB of a 17-layer weight series
-# Figures draw at most ~2,000 points per line; up to this many rows a figure gets the series as recorded
-# (moving averages and heatmap bins over every record), beyond it min/max rows of PLOT_BUCKETS buckets.
-PLOT_FULL_ROWS = 200_000
-PLOT_REDUCED_POINTS = 100_000
+CSV_ROWS = 2048  # rows per piece of CSV text sent
+PAGE_STEPS = 8192  # steps per page: ~0.6 MB of a 17-layer weight series, a few MB of work while reduced
+# Figures draw at most ~2,000 points per line. Up to this many values (rows x layers: 4 MB of float32) a
+# figure gets the series as recorded (moving averages and heatmap bins over every record); beyond, the
+# min/max rows of as many buckets, still 5-10 times what a line can show.
+PLOT_FULL_VALUES = 1_000_000
+PLOT_MIN_POINTS = 4000
 
 
 def norm_pages(db: Database, job_id: str, kind: str, *, start: int | None = None, end: int | None = None,
@@ -44,6 +46,14 @@ def norm_pages(db: Database, job_id: str, kind: str, *, start: int | None = None
         at += PAGE_STEPS
 
 
+def csv_text(db: Database, job_id: str, kind: str, layers: tuple[str, ...]) -> Iterator[str]:
+    """A whole series as CSV text, a page at a time: ``step,<layer>,...`` then one row per recorded step."""
+    yield csv_header(layers)
+    for steps, values in norm_pages(db, job_id, kind):
+        for i in range(0, len(steps), CSV_ROWS):
+            yield csv_rows(steps[i:i + CSV_ROWS], values[i:i + CSV_ROWS])
+
+
 def downsampled(db: Database, job_id: str, kind: str, cols: list[int], *, start: int | None, end: int | None,
                 max_points: int, nonfinite: str = "show") -> tuple[int, np.ndarray, np.ndarray]:
     """(rows in range, steps, values of ``cols``) of a series, min/max downsampled while it streams."""
@@ -58,67 +68,81 @@ def downsampled(db: Database, job_id: str, kind: str, cols: list[int], *, start:
     return extent.rows, steps, values
 
 
-def epoch_range(job: Job, epochs: list[int]) -> list[tuple[int, int]]:
-    """Step ranges ``[start, end)`` of 0-based ``epochs``."""
-    spe = job.steps_per_epoch or 1
-    return [(e * spe, (e + 1) * spe) for e in epochs]
-
-
-def recorded_epochs(db: Database, job: Job, kind: str) -> list[int]:
-    """0-based epochs from the first to the last that a series has steps in."""
-    with db.reading() as s:
-        extent = store.series_extent(s, job_id=job.id, kind=kind)
-    if not extent.rows:
-        return []
-    spe = job.steps_per_epoch or 1
-    return list(range(extent.first_chunk // spe, extent.last_step // spe + 1))
-
-
-def read_block(db: Database, job: Job, kind: str, ranges: list[tuple[int, int]] | None = None) -> NormBlock | None:
-    """A series in memory: whole, or the rows of some step ranges (None: never recorded)."""
+def read_block(db: Database, job: Job, kind: str) -> NormBlock | None:
+    """A whole series in memory (None: never recorded): for series known to be short."""
     with db.reading() as s:
         layers = store.norm_layers(s, job_id=job.id, kind=kind)
     if layers is None:
         return None
-    parts = [p for a, b in (ranges or [(None, None)]) for p in norm_pages(db, job.id, kind, start=a, end=b)]
+    parts = list(norm_pages(db, job.id, kind))
     if not parts:
         return NormBlock(kind, np.zeros(0, np.int64), layers, np.zeros((0, len(layers)), np.float32))
     return NormBlock(kind, np.concatenate([p[0] for p in parts]), layers, np.concatenate([p[1] for p in parts]))
 
 
-def plot_series(db: Database, cache: JobCache, job: Job, kind: str, *, epochs: list[int] | None = None) -> Any:
-    """The ``kind`` series a figure of ``job`` draws: as recorded when it is short, else min/max rows, or with
-    ``epochs`` (0-based) only those epochs' rows. Finished jobs' are cached (by bytes)."""
-    key = ("plot-series", job.id, kind, tuple(epochs) if epochs is not None else None)
+def plot_series(db: Database, cache: JobCache, job: Job, kind: str) -> NormBlock | None:
+    """The ``kind`` series a figure of ``job`` draws over steps: as recorded when it is short, else its min/max
+    rows (``PLOT_FULL_VALUES``). Finished jobs' are cached (the cache is bounded by bytes)."""
+    key = ("plot-series", job.id, kind)
     if job.state in TERMINAL and (hit := cache.get(key)) is not None:
         return hit
     with db.reading() as s:
         layers = store.norm_layers(s, job_id=job.id, kind=kind)
         rows = store.series_extent(s, job_id=job.id, kind=kind).rows if layers else 0
     if layers is None:
-        block = None
-    elif epochs is not None:
-        block = read_block(db, job, kind, epoch_range(job, epochs))
-    elif rows <= PLOT_FULL_ROWS:
+        return None
+    if rows * len(layers) <= PLOT_FULL_VALUES:
         block = read_block(db, job, kind)
     else:
-        total, steps, values = downsampled(db, job.id, kind, list(range(len(layers))), start=None, end=None,
-                                           max_points=PLOT_REDUCED_POINTS)
+        points = max(PLOT_MIN_POINTS, PLOT_FULL_VALUES // len(layers))
+        _, steps, values = downsampled(db, job.id, kind, list(range(len(layers))), start=None, end=None,
+                                       max_points=points)
         block = NormBlock(kind, steps, layers, values.astype(np.float32))
-    if job.state in TERMINAL and block is not None:
+    if job.state in TERMINAL:
         cache.put(key, frozenset([job.id]), block)
     return block
 
 
-def job_data(db: Database, job: Job, kinds: tuple[str, ...],
-             load: Callable[[Job, str], NormBlock | None]) -> JobData:
-    """The figures' view of ``job`` with the norm ``kinds`` they draw, each from ``load(job, kind)``."""
-    series = {k: load(job, k) for k in (job.norm_layers or {}) if k in kinds}
+def depth_series(db: Database, cache: JobCache, job: Job, kind: str) -> tuple[NormBlock, tuple] | None:
+    """What depth figures draw: per-epoch means of every layer, streamed (memory: epochs x layers), as
+    ``JobData.epoch_means`` wants them, with a block of one mean row per epoch for the layer names."""
+    key = ("depth-series", job.id, kind)
+    if job.state in TERMINAL and (hit := cache.get(key)) is not None:
+        return hit
+    with db.reading() as s:
+        layers = store.norm_layers(s, job_id=job.id, kind=kind)
+    if layers is None:
+        return None
+    spe = job.steps_per_epoch or 1
+    acc = EpochMeans(spe)
+    for steps, values in norm_pages(db, job.id, kind):
+        acc.add(steps, values)
+    epochs, means = acc.result()
+    if not epochs:
+        means = np.zeros((0, len(layers)))
+    block = NormBlock(kind, np.asarray(epochs, np.int64) * spe, layers, means.astype(np.float32))
+    out = (block, (epochs, means, acc.nonfinite_steps))
+    if job.state in TERMINAL:
+        cache.put(key, frozenset([job.id]), out)
+    return out
+
+
+def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *, depth: bool = False) -> JobData:
+    """The figures' view of ``job`` with the norm ``kinds`` they draw: over steps (``plot_series``), or their
+    per-epoch means (``depth``: ``depth_series``)."""
+    series, means = {}, {}
+    for kind in (k for k in (job.norm_layers or {}) if k in kinds):
+        if depth:
+            found = depth_series(db, cache, job, kind)
+            if found is not None:
+                series[kind], means[kind] = found
+        else:
+            series[kind] = plot_series(db, cache, job, kind)
     with db.reading() as s:
         history = store.epochs(s, job_id=job.id)
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),
-                   state=job.state)
+                   state=job.state, epoch_means=means)
 
 
 def layer_info(job: Job, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
@@ -135,15 +159,15 @@ def layer_info(job: Job, names: tuple[str, ...] | list[str]) -> list[dict[str, A
 
 
 def last_epoch_means(db: Database, job: Job, kind: str = "weight") -> tuple[tuple[str, ...], np.ndarray] | None:
-    """(layers, mean of each column's finite values) over the last epoch a series has; None without one."""
-    epochs = recorded_epochs(db, job, kind)
-    if not epochs:
+    """(layers, mean of each column's finite values) over the last epoch a series has, streamed; None without."""
+    with db.reading() as s:
+        layers = store.norm_layers(s, job_id=job.id, kind=kind)
+        extent = store.series_extent(s, job_id=job.id, kind=kind)
+    if layers is None or not extent.rows:
         return None
-    block = read_block(db, job, kind, epoch_range(job, epochs[-1:]))
-    if block is None or not len(block):
-        return None
-    rows = block.values.astype(np.float64)
-    finite = np.isfinite(rows)
-    counts = finite.sum(axis=0)
-    sums = np.where(finite, rows, 0.0).sum(axis=0)
-    return block.layers, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    spe = job.steps_per_epoch or 1
+    acc = EpochMeans(spe)
+    for steps, values in norm_pages(db, job.id, kind, start=extent.last_step // spe * spe):
+        acc.add(steps, values)
+    _, means = acc.result()
+    return layers, means[-1]

@@ -41,6 +41,7 @@ def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: 
          threads: int | None = None) -> None:
     """Entry point of the child process (``multiprocessing`` target)."""
     _die_with_parent()
+    _first_to_go()
     if threads is not None:
         import torch
 
@@ -73,6 +74,16 @@ def _die_with_parent() -> None:
             pass
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _first_to_go() -> None:
+    """Offer this process to the kernel's OOM killer before the server: out of memory, the job dies (and is
+    reported ``out_of_memory`` by its worker), not the API serving everything else."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass
 
 
 def run_job(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deepgrad_server.hosts import LOOPBACK_NAMES, is_loopback_name
+from deepgrad_server.hosts import is_loopback_name
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ class Settings(BaseSettings):
 
     @property
     def host_allowlist(self) -> tuple[str, ...] | None:
-        """Host names to answer (None: any); auth off and nothing set: loopback names only."""
-        if self.allowed_hosts:
-            return tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())
-        return None if self.auth else LOOPBACK_NAMES
+        """Host names to answer from ``allowed_hosts`` ('*': any); None when unset."""
+        if not self.allowed_hosts:
+            return None
+        return tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def resolved_data_root(self) -> Path:

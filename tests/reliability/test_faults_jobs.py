@@ -91,9 +91,11 @@ def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    """Limits raised so that a job can ask for more memory than the machine has."""
+    """Limits raised so that a job can ask for more memory than the machine has (the memory estimate that would
+    refuse it at submit is lifted too: the job must reach the allocator)."""
     server = LiveServer(tmp_path_factory.mktemp("roomy"), None,
-                        env={"DEEPGRAD_MAX_WIDTH": "4", "DEEPGRAD_MAX_BATCH_SIZE": "8192"}).start()
+                        env={"DEEPGRAD_MAX_WIDTH": "4", "DEEPGRAD_MAX_BATCH_SIZE": "8192",
+                             "DEEPGRAD_MAX_JOB_MEMORY_GIB": "100000"}).start()
     yield server
     server.stop()
 
@@ -107,7 +109,7 @@ def test_out_of_memory_fails_clearly_and_next_job_runs(roomy_server: LiveServer)
     with roomy_server.client() as client:
         big = client.post("/jobs", json=huge).json()["id"]
         after = client.post("/jobs", json=tiny()).json()["id"]
-        job = wait_for(client, big, timeout=240)
+        job = wait_for(client, big, stall=240)
         assert job["state"] == "failed" and job["reason"] == "out_of_memory", job
         assert "batch_size" in job["message"]
         assert wait_for(client, after)["state"] == "succeeded"
@@ -135,7 +137,7 @@ def test_cancel_running_and_queued(roomy_server: LiveServer) -> None:
         assert r.status_code == 202 and r.json()["state"] == "cancelled"
         asked = time.monotonic()
         assert client.post(f"/jobs/{running}/cancel").status_code == 202
-        job = wait_for(client, running, timeout=30)
+        job = wait_for(client, running, limit=30)
         assert job["state"] == "cancelled" and time.monotonic() - asked < 10
         assert client.post(f"/jobs/{running}/cancel").status_code == 409
         assert client.get(f"/jobs/{queued}").json()["started_at"] is None  # never ran

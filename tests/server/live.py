@@ -102,19 +102,99 @@ class LiveServer:
         return pids
 
 
-def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, timeout: float = 300,
-             until: Any = None) -> dict[str, Any]:
+def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, stall: float = 300,
+             limit: float = 1800, until: Any = None) -> dict[str, Any]:
     """Poll a job until it is in one of ``states`` (default: terminal) or ``until(job)`` holds.
 
-    The timeout is generous: a job trains at nice 10, so a machine busy with other work slows it a lot."""
+    Waits on progress, not on a wall-clock guess: it fails when a running job shows no change (step, epoch,
+    attempt, state) for ``stall`` seconds, or after ``limit`` seconds in all (a job trains at nice 10, and
+    a machine busy with other work slows it down a lot without stopping it)."""
     states = states or TERMINAL
-    deadline = time.monotonic() + timeout
+    start = changed = time.monotonic()
+    seen: Any = None
     while True:
         job = client.get(f"/jobs/{job_id}").raise_for_status().json()
         if (until(job) if until is not None else job["state"] in states):
             return job
         if until is not None and job["state"] in TERMINAL:
             raise AssertionError(f"job {job_id} ended ({job['state']}) before the awaited condition: {job}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+        progress = job.get("progress") or {}
+        now = (job["state"], job["attempts"], progress.get("step"), progress.get("epoch"), progress.get("updated_at"))
+        if now != seen or job["state"] == "queued":
+            seen, changed = now, time.monotonic()
+        if time.monotonic() - changed > stall:
+            raise AssertionError(f"job {job_id} made no progress for {stall} s: {job}")
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"job {job_id} still {job['state']} after {limit} s: {job}")
         time.sleep(0.2)
+
+
+def limited(cmd: list[str], *, nofile: int | None = None, cgroup: Path | None = None) -> list[str]:
+    """``cmd`` run with an open-file limit (soft and hard) and/or inside a cgroup (its ``cgroup.procs``)."""
+    prelude = ["import os, resource, sys"]
+    if nofile is not None:
+        prelude.append(f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))")
+    if cgroup is not None:
+        prelude.append(f"open({str(cgroup / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))")
+    prelude.append("os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", "; ".join(prelude), *cmd]
+
+
+class MemoryCgroup:
+    """A child of this process's memory cgroup (v2 or v1) with a memory limit and no swap; removed on exit.
+
+    ``MemoryCgroup.available()`` says whether one can be made here (root, a writable cgroup hierarchy)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.path: Path | None = None
+
+    @staticmethod
+    def _parent() -> tuple[Path, str] | None:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                base = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+                if (base / "memory.limit_in_bytes").exists() and os.access(base, os.W_OK):
+                    return base, "v1"
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if controllers == "":
+                for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+                    base = root / rel.lstrip("/")
+                    ctl = base / "cgroup.subtree_control"
+                    if ctl.exists() and "memory" in ctl.read_text().split() and os.access(base, os.W_OK):
+                        return base, "v2"
+        return None
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            return cls._parent() is not None
+        except OSError:
+            return False
+
+    def __enter__(self) -> Path:
+        parent = self._parent()
+        assert parent is not None, "no writable memory cgroup"
+        base, version = parent
+        self.path = base / f"deepgrad-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.path.mkdir()
+        if version == "v1":
+            (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+            if (self.path / "memory.memsw.limit_in_bytes").exists():
+                (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))
+        else:
+            (self.path / "memory.max").write_text(str(self.limit))
+            (self.path / "memory.swap.max").write_text("0")
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):  # its processes must be gone before the folder can go
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)

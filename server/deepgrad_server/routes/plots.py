@@ -25,7 +25,7 @@ from deepgrad_core.plots import (
 )
 from deepgrad_server.db import Database
 from deepgrad_server.deps import DbDep, Ids, JobId, invalid, load_job, parse_ids
-from deepgrad_server.jobdata import job_data, plot_series, recorded_epochs
+from deepgrad_server.jobdata import job_data
 from deepgrad_server.models import TERMINAL, Job
 from deepgrad_server.schemas import errors
 
@@ -58,22 +58,11 @@ async def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: boo
                     headers={"Cache-Control": "private, max-age=3600" if cacheable else "no-store"})
 
 
-def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str,
-          epochs: list[int] | None = None) -> JobData:
-    """What the figure needs: only its norm kind (none for metrics, filters, cost), bounded in memory: a depth
-    figure reads the epochs it draws (``epochs`` 1-based, default the first, middle and last)."""
+def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str) -> JobData:
+    """What the figure needs: only its norm kind (none for metrics, filters, cost), bounded in memory whatever
+    the series' length (depth figures get per-epoch means)."""
     kinds = () if kind in NO_SERIES else (norm_kind,)
-    chosen = None
-    if kind == "depth":
-        present = recorded_epochs(db, job, norm_kind)
-        missing = [e for e in epochs or [] if e - 1 not in present]
-        if present and missing:
-            raise PlotDataError(f"job {job.name!r} has no norms for epoch(s) {missing}; epochs with norms: "
-                                f"{present[0] + 1}..{present[-1] + 1} (numbered from 1)")
-        chosen = [e - 1 for e in epochs] if epochs else sorted({present[0], present[len(present) // 2],
-                                                               present[-1]}) if present else []
-    cache = request.app.state.series_cache
-    return job_data(db, job, kinds, load=lambda j, k: plot_series(db, cache, j, k, epochs=chosen))
+    return job_data(db, request.app.state.series_cache, job, kinds, depth=kind == "depth")
 
 
 def _epochs(text: str | None) -> list[int] | None:
@@ -96,7 +85,7 @@ async def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: 
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
     key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points)
     return await _png(request, key, frozenset([job_id]), job.state in TERMINAL,
-                      lambda: render_job(kind, _data(request, db, job, kind, norm_kind, _epochs(epochs)),
+                      lambda: render_job(kind, _data(request, db, job, kind, norm_kind),
                                          norm_kind=norm_kind, layers=_names(layers), epochs=_epochs(epochs),
                                          smooth=smooth, max_points=max_points))
 
@@ -111,14 +100,7 @@ async def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
     key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs)
 
-    def data(job: Job) -> JobData:  # compare depth draws one epoch per job: the last, or the one asked for
-        if kind != "depth":
-            return _data(request, db, job, kind, norm_kind)
-        present = recorded_epochs(db, job, norm_kind)
-        chosen = [e - 1 for e in _epochs(epochs) or []] or present[-1:]
-        return job_data(db, job, (norm_kind,), load=lambda j, k: plot_series(
-            db, request.app.state.series_cache, j, k, epochs=chosen))
-
     return await _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
-                      lambda: render_compare(kind, [data(j) for j in jobs], norm_kind=norm_kind,
+                      lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind) for j in jobs],
+                                             norm_kind=norm_kind,
                                              epochs=_epochs(epochs)))

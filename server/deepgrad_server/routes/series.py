@@ -6,17 +6,15 @@ proportion to its answer (JSON) or to one page (CSV), never to the whole series.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
-from deepgrad_core.series import csv_header, csv_rows
 from deepgrad_server import store
 from deepgrad_server.deps import DbDep, JobId, invalid, load_job
-from deepgrad_server.jobdata import downsampled, layer_info, norm_pages
+from deepgrad_server.jobdata import csv_text, downsampled, layer_info
 from deepgrad_server.models import TERMINAL, Job
 from deepgrad_server.schemas import SeriesPublic, errors
 
@@ -94,11 +92,5 @@ def gradients_csv(job_id: JobId, db: DbDep, kind: NormKind = "weight") -> Stream
         known = store.norm_layers(s, job_id=job_id, kind=kind)
     if known is None:
         raise _missing(job, kind)
-
-    def rows() -> Iterator[str]:
-        yield csv_header(known)
-        for steps, values in norm_pages(db, job_id, kind):
-            yield csv_rows(steps, values)
-
-    return StreamingResponse(rows(), media_type="text/csv",
+    return StreamingResponse(csv_text(db, job_id, kind, known), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}-{kind}.csv"'})
