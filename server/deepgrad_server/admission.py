@@ -35,6 +35,16 @@ def memory_budget(settings: Settings) -> int | None:
     return max(int(free) // len(settings.devices), 0)
 
 
+def warm_up() -> None:
+    """Import torch and run one estimate, so that the first submission does not wait ~5 s for them."""
+    from deepgrad_core.analysis.memory import estimate_memory
+
+    try:
+        estimate_memory(ExperimentSpec.model_validate({"model": {"arch": "resnet18", "width": 0.125}}))
+    except Exception:  # only a warm-up: a real failure shows on the first submission
+        log.exception("memory-estimate warm-up failed")
+
+
 def device_type(settings: Settings) -> str:
     """``cuda`` when this server's workers train on a GPU, else ``cpu``."""
     if settings.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from deepgrad_server import __version__
+from deepgrad_server import __version__, admission
 from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
 from deepgrad_server.deps import require_token
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.workers = make_workers(settings, app.state.db) if settings.worker else []
         for worker in app.state.workers:
             worker.start()
+        if admission.memory_budget(settings) is not None:  # submissions will be sized: have torch ready
+            threading.Thread(target=admission.warm_up, name="deepgrad-warm-up", daemon=True).start()
         # Figures: simplify line paths to within one pixel (matplotlib's default is 1/9 of one). A 20-layer,
         # 2,000-point norm plot draws in 2/3 of the time and looks the same. Set once, before any request
         # thread draws: rcParams are process-wide, so a per-render rc_context would race between threads.

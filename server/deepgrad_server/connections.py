@@ -37,12 +37,13 @@ class ConnectionGuard:
     def __init__(self, limit: int, header_timeout: float) -> None:
         self.limit, self.header_timeout = limit, header_timeout
         self.timed_out = self.evicted = self.refused = 0
-        self._logged_at = 0.0
+        self._logged_at: dict[str, float] = {}
 
-    def note(self, what: str) -> None:
+    def note(self, kind: str, what: str) -> None:
+        """Log ``what``, at most once every ``LOG_EVERY_S`` per ``kind`` of event."""
         now = time.monotonic()
-        if now - self._logged_at >= LOG_EVERY_S:
-            self._logged_at = now
+        if now - self._logged_at.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged_at[kind] = now
             log.warning("%s (so far: %d heads timed out after %.0f s, %d idle connections closed at the limit of "
                         "%d, %d refused with 503)", what, self.timed_out, self.header_timeout, self.evicted,
                         self.limit, self.refused)
@@ -93,7 +94,7 @@ def guarded_protocol(limit: int, header_timeout: float) -> type[asyncio.Protocol
             self._head_timer = None
             if not self._busy() and not self.transport.is_closing():
                 guard.timed_out += 1
-                guard.note(f"closed a connection from {self._peer()} that sent no complete request head in "
+                guard.note("timeout", f"closed a connection from {self._peer()} that sent no complete request head in "
                            f"{guard.header_timeout:.0f} s")
                 self.transport.close()
 
@@ -103,12 +104,12 @@ def guarded_protocol(limit: int, header_timeout: float) -> type[asyncio.Protocol
             if idle:
                 oldest = min(idle, key=lambda c: c._waiting_since)
                 guard.evicted += 1
-                guard.note(f"connection limit ({guard.limit}) reached: closed the connection idle longest "
+                guard.note("evicted", f"connection limit ({guard.limit}) reached: closed the connection idle longest "
                            f"(from {oldest._peer()}) for a new one")
                 oldest.transport.close()
                 return
             guard.refused += 1
-            guard.note(f"connection limit ({guard.limit}) reached and every connection busy: refused "
+            guard.note("refused", f"connection limit ({guard.limit}) reached and every connection busy: refused "
                        f"{self._peer()} with 503")
             self.transport.write(_BUSY_503)
             self.transport.close()

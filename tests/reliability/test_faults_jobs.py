@@ -187,3 +187,20 @@ def test_data_set_deleted_mid_queue(tmp_path: Path, cifar10_root: Path) -> None:
             assert wait_for(client, last)["state"] == "succeeded"
     finally:
         server.stop()
+
+
+def test_delete_right_after_a_job_ends_keeps_the_worker_going(live_server: LiveServer) -> None:
+    """In the seconds between a job writing its end and its process exiting, a DELETE made the worker read a job
+    that was gone (AttributeError, "worker loop error; retrying in 5 s"): the next job waited ~6 s."""
+    with live_server.client() as client:
+        first = client.post("/jobs", json=tiny()).json()["id"]
+        second = client.post("/jobs", json=tiny()).json()["id"]
+        ended = wait_for(client, first)
+        assert client.delete(f"/jobs/{first}").status_code == 204  # at once, while its process still exits
+        job = wait_for(client, second)
+        assert job["state"] == "succeeded"
+    from datetime import datetime
+
+    gap = (datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(ended["finished_at"])).total_seconds()
+    assert gap < 4.5, f"the next job started {gap:.1f} s after the deleted one ended"
+    assert "worker loop error" not in live_server.log.read_text()
