@@ -12,6 +12,9 @@ Then ``python -m deepgrad_server.main`` starts (embedded worker on; default sett
 * **B** (issue 6): while a longer synthetic job trains, ``--posts`` clients each send one ``POST /jobs``
   (a tiny spec, its own ``Idempotency-Key``) and their share of ``--gets`` GETs as in A, in random
   order. Targets: no 5xx, unique ids, p99 <= 200 ms. Then every job is cancelled, the server stopped.
+* **C** (issue 11): ``GET /health`` every 50 ms, first idle, then while ``--renders`` clients each ask for an
+  uncached heatmap of the seeded job at once: its latency side by side (a container's health check gives
+  up after 4 s), and how many figures rendered or were refused (503, Retry-After) by the bounded queue.
 
 The load generator shares the cores with the server (and in B with the training job); the CPU
 seconds of both are printed.
@@ -58,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=15.0, help="seconds of scenario A")
     p.add_argument("--clients", type=int, default=50, help="concurrent clients in scenario A")
     p.add_argument("--posts", type=int, default=200, help="concurrent clients (one POST each) in scenario B")
+    p.add_argument("--renders", type=int, default=24, help="concurrent uncached heatmaps in scenario C")
     p.add_argument("--gets", type=int, default=1000, help="GETs in scenario B, spread over its clients")
     p.add_argument("--seed", type=int, default=0, help="order of the requests in scenario B")
     p.add_argument("--json", metavar="PATH", help="also write the settings and figures as JSON to PATH")
@@ -283,6 +287,49 @@ def print_table(stats: dict[str, Any]) -> None:
         print(f"  connection error: {kind}")
 
 
+def scenario_c(url: str, job_id: str, renders: int) -> dict[str, Any]:
+    """/health latency idle, then while ``renders`` different heatmaps are asked for at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(stop: threading.Event, out: list[float]) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                c.get("/health")
+                out.append((time.perf_counter() - t) * 1e3)
+                time.sleep(0.05)
+
+    def render(i: int) -> int:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300) as c:
+            return c.get(f"/jobs/{job_id}/plots/heatmap.png", params={"max_points": 1500 + i}).status_code
+
+    idle: list[float] = []
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stop, idle))
+    prober.start()
+    time.sleep(3)
+    stop.set()
+    prober.join()
+    busy: list[float] = []
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stop, busy))
+    prober.start()
+    t = time.perf_counter()
+    with ThreadPoolExecutor(renders) as pool:
+        codes = list(pool.map(render, range(renders)))
+    seconds = time.perf_counter() - t
+    stop.set()
+    prober.join()
+
+    def pct(xs: list[float]) -> dict[str, float]:
+        return {"p50_ms": float(np.percentile(xs, 50)), "p95_ms": float(np.percentile(xs, 95)), "max_ms": max(xs),
+                "n": len(xs)}
+
+    return {"idle": pct(idle), "busy": pct(busy), "rendered": codes.count(200), "refused_503": codes.count(503),
+            "other": len(codes) - codes.count(200) - codes.count(503), "seconds": seconds}
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -311,6 +358,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         records, seconds = scenario_a(server.url, job_id, args.clients, args.duration)
         res["A"] = {"stats": summarize(records, seconds), "seconds": seconds,
                     "server_cpu_s": server.cpu_seconds() - cpu0, "client_cpu_s": time.process_time() - own0}
+        res["C"] = scenario_c(server.url, job_id, args.renders)
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
             train_id = c.post("/jobs", json=TRAINING).raise_for_status().json()["id"]
             before = wait_training(c, train_id)
@@ -346,6 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A: {args.clients} clients, closed loop, {a['seconds']:.1f} s (server CPU {a['server_cpu_s']:.1f} s, "
           f"load generator CPU {a['client_cpu_s']:.1f} s)")
     print_table(a["stats"])
+    c = res["C"]
+    print(f"C: GET /health every 50 ms, idle and while {args.renders} uncached heatmaps are asked for at once "
+          f"({c['rendered']} rendered, {c['refused_503']} refused with 503, {c['other']} other, "
+          f"in {c['seconds']:.1f} s)")
+    for label in ("idle", "busy"):
+        h = c[label]
+        print(f"  /health {label:<5} p50 {h['p50_ms']:7.1f} ms  p95 {h['p95_ms']:7.1f} ms  max {h['max_ms']:7.1f} ms "
+              f"({h['n']} probes)")
+    print(f"  ratio busy / idle: p95 {c['busy']['p95_ms'] / c['idle']['p95_ms']:.1f}x, max "
+          f"{c['busy']['max_ms'] / c['idle']['max_ms']:.1f}x")
     tr = b["training"]
     print(f"B: {args.posts} clients, {args.posts} POST /jobs + {args.gets} GETs, {b['seconds']:.1f} s, while a "
           f"job trains (steps {tr['step_before']} -> {tr['step_after']}, {tr['state_after']}; server CPU "
@@ -354,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     p99 = b["stats"]["all"]["p99_ms"]
     checks = {"no 5xx (A and B)": b["stats"]["all"]["5xx"] == 0 and a["stats"]["all"]["5xx"] == 0,
               f"every POST created a job ({b['created']}/{args.posts})": b["created"] == args.posts,
-              "ids unique": b["unique_ids"], f"p99 {p99:.0f} ms <= {TARGET_P99_MS:.0f} ms": p99 <= TARGET_P99_MS}
+              "ids unique": b["unique_ids"], f"p99 {p99:.0f} ms <= {TARGET_P99_MS:.0f} ms": p99 <= TARGET_P99_MS,
+              f"C: /health max {c['busy']['max_ms']:.0f} ms < 4000 ms while rendering": c["busy"]["max_ms"] < 4000}
     for name, ok in checks.items():
-        print(f"B: {name}: {'PASS' if ok else 'FAIL'}")
+        print(f"{'' if name.startswith('C:') else 'B: '}{name}: {'PASS' if ok else 'FAIL'}")
     print(f"# cancelled afterwards: {res['cancelled']} jobs (the training one and B's); errors in the server log: "
           f"{res['server_log_errors']}; load average at end: {[round(x, 2) for x in os.getloadavg()]}")
     if args.json:

@@ -9,16 +9,21 @@ norms every 10th step. Everything goes through ``deepgrad_server.store`` on a re
   ``flush_every`` steps and at every epoch end, one weight block and one activation block per flush,
   and the job process stores each block in its own write transaction (``store.append_norms`` inside
   ``db.writing()``). Timed end to end, commits included; the median of ``--rounds`` jobs.
-* **read**: what ``GET /jobs/{id}/gradients`` does with the store: ``store.load_norms`` of the whole
-  weight series in one read transaction, then ``store.downsample`` of the chosen columns to
-  ``--max-points``. The first read goes through a freshly opened ``Database`` (new connection,
-  empty SQLite page cache; the OS file cache stays warm); then ``--repeat`` reads give the median
-  and p95. JSON encoding and HTTP are not included (``bench/api.py`` measures those).
+* **read**: what ``GET /jobs/{id}/gradients`` does with the store (``jobdata.downsampled``): the series
+  in pages of steps, each read in its own transaction and min/max downsampled to ``--max-points`` as it
+  streams. The first read goes through a freshly opened ``Database`` (new connection, empty SQLite page
+  cache; the OS file cache stays warm); then ``--repeat`` reads give the median and p95. JSON encoding
+  and HTTP are not included (``bench/api.py`` measures those).
+* **long series** (issue 11): a 2,000,000-step x 17-layer weight series (40 epochs at batch 1 on
+  CIFAR-10), read by the streaming path and, side by side, the way reads worked before (the whole series
+  loaded, then downsampled): time and peak RSS growth of one read, of four concurrent cold reads, and of
+  the CSV export. Peak RSS is the kernel's high-water mark (``VmHWM``), reset before each read.
 
-Targets (issue 3): ingest >= 1,000,000 values/s; one layer-series downsampled to <= 2,000 points
-in <= 100 ms.
+Targets: ingest >= 1,000,000 values/s; one layer-series downsampled to <= 2,000 points in <= 100 ms
+(issue 3); a read of the 2M-step series <= 1 s with peak RSS growth <= 64 MiB (issue 11).
 
-    python bench/store.py                       # ~10 s on 2 cores
+    python bench/store.py                       # ~2 min on 2 cores (the long series takes most of it)
+    python bench/store.py --long-steps 0        # without the long series: ~10 s
     python bench/store.py --steps 78200 --repeat 50 --json store.json
 """
 
@@ -41,7 +46,8 @@ import sqlalchemy
 from _common import hardware
 
 from deepgrad_core.norms import NormBlock
-from deepgrad_server import store
+from deepgrad_core.series import downsample
+from deepgrad_server import jobdata, store
 from deepgrad_server.db import Database
 
 INGEST_TARGET = 1_000_000  # values/s
@@ -59,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="jobs ingested per setting (median reported)")
     p.add_argument("--repeat", type=int, default=20, help="timed reads per read case, after the cold one")
     p.add_argument("--max-points", type=int, default=2000)
+    p.add_argument("--long-steps", type=int, default=2_000_000, help="steps of the long series (0: skip it)")
+    p.add_argument("--long-layers", type=int, default=17, help="its layers (VGG-Deep's convs: 17)")
     p.add_argument("--json", metavar="PATH", help="also write the settings and timings as JSON to PATH")
     args = p.parse_args(argv)
     if min(args.steps, args.steps_per_epoch, args.layers, args.flush_every, args.rounds, args.repeat) < 1:
@@ -115,15 +123,39 @@ def ingest(db: Database, job_id: str, blocks: list[NormBlock]) -> float:
     return time.perf_counter() - start
 
 
-def read(db: Database, job_id: str, cols: list[int], max_points: int) -> tuple[float, float, int]:
-    """(load ms, downsample ms, points) of one read as ``GET /jobs/{id}/gradients`` does it."""
+def read(db: Database, job_id: str, cols: list[int], max_points: int) -> tuple[float, int]:
+    """(ms, points) of one read as ``GET /jobs/{id}/gradients`` does it: streamed and downsampled."""
+    t0 = time.perf_counter()
+    _, steps, _ = jobdata.downsampled(db, job_id, "weight", cols, start=None, end=None, max_points=max_points)
+    return (time.perf_counter() - t0) * 1e3, len(steps)
+
+
+def read_whole(db: Database, job_id: str, cols: list[int], max_points: int) -> tuple[float, int]:
+    """(ms, points) of a read as it was before issue 11: the whole series loaded, then downsampled."""
     t0 = time.perf_counter()
     with db.reading() as s:
         block = store.load_norms(s, job_id=job_id, kind="weight")
-    t1 = time.perf_counter()
-    steps, _ = store.downsample(block.steps, block.values[:, cols], max_points)
-    t2 = time.perf_counter()
-    return (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(steps)
+    steps, _ = downsample(block.steps, block.values[:, cols], max_points)
+    return (time.perf_counter() - t0) * 1e3, len(steps)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_growth(fn: Any) -> tuple[float, Any]:
+    """(MiB the process's peak RSS rose above its RSS before ``fn()``, what ``fn`` returned). The peak
+    (VmHWM) is reset first through /proc/self/clear_refs (Linux)."""
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    out = fn()
+    return (_status_kib("VmHWM") - before) / 1024, out
 
 
 def p95(xs: list[float]) -> float:
@@ -137,10 +169,52 @@ def bench_reads(url: str, job_id: str, cols: list[int], args: argparse.Namespace
         warm = [read(db, job_id, cols, args.max_points) for _ in range(args.repeat)]
     finally:
         db.dispose()
-    totals = [a + b for a, b, _ in warm]
-    return {"cold_ms": cold[0] + cold[1], "median_ms": statistics.median(totals), "p95_ms": p95(totals),
-            "max_ms": max(totals), "load_median_ms": statistics.median(a for a, _, _ in warm),
-            "downsample_median_ms": statistics.median(b for _, b, _ in warm), "points": cold[2]}
+    totals = [a for a, _ in warm]
+    return {"cold_ms": cold[0], "median_ms": statistics.median(totals), "p95_ms": p95(totals),
+            "max_ms": max(totals), "points": cold[1]}
+
+
+def bench_long(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The long series: ingest it, then each read path cold, side by side, with its peak RSS growth."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names, values = synthetic_series(args.long_steps, args.long_layers, seed=1)
+    blocks = tracker_blocks(names, values, steps_per_epoch=50_000, flush_every=args.flush_every,
+                            activation_every=0)
+    del values
+    db = Database(url)
+    try:
+        job_id = new_job(db, "long")
+        seconds = ingest(db, job_id, blocks)
+    finally:
+        db.dispose()
+    del blocks
+    out: dict[str, Any] = {"steps": args.long_steps, "layers": args.long_layers, "ingest_s": seconds,
+                           "stored_mib": args.long_steps * (args.long_layers * 4 + 8) / 2**20}
+    cols = list(range(args.long_layers))
+    for label, fn in (("streamed", read), ("whole", read_whole)):
+        db = Database(url)
+        try:
+            growth, (ms, points) = peak_rss_growth(lambda: fn(db, job_id, cols, args.max_points))  # noqa: B023
+        finally:
+            db.dispose()
+        out[label] = {"ms": ms, "peak_rss_growth_mib": growth, "points": points}
+        db = Database(url)
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                growth, _ = peak_rss_growth(lambda: list(pool.map(  # noqa: B023
+                    lambda _: fn(db, job_id, cols, args.max_points), range(4))))  # noqa: B023
+        finally:
+            db.dispose()
+        out[label]["four_concurrent_peak_rss_growth_mib"] = growth
+    db = Database(url)
+    try:
+        t0 = time.perf_counter()
+        growth, size = peak_rss_growth(lambda: sum(len(t) for t in jobdata.csv_text(db, job_id, "weight", names)))
+        out["csv"] = {"seconds": time.perf_counter() - t0, "mib": size / 2**20, "peak_rss_growth_mib": growth}
+    finally:
+        db.dispose()
+    return out
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -167,6 +241,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     last = [args.layers - 1]  # conv5 or fc1: which column is read makes no difference to the store
     results["read_one"] = bench_reads(url, job_id, last, args)
     results["read_all"] = bench_reads(url, job_id, list(range(args.layers)), args)
+    if args.long_steps:
+        results["long"] = bench_long(f"sqlite:///{tmp / 'long.db'}", args)
     return results
 
 
@@ -212,8 +288,26 @@ def report(head: dict[str, Any], args: argparse.Namespace, res: dict[str, Any]) 
         print(row.format(f"{label}, cold (first)", f"{r['cold_ms']:.1f} ms", "", ""))
         print(row.format(f"{label}, warm", f"median {r['median_ms']:.1f} / p95 {r['p95_ms']:.1f} ms",
                          "<= 100 ms" if target else "(context)", verdict(passed) if target else ""))
-        print(row.format("  of which load_norms / downsample (median)",
-                         f"{r['load_median_ms']:.1f} / {r['downsample_median_ms']:.1f} ms", "", ""))
+    if "long" in res:
+        r = res["long"]
+        print(f"# long series: {r['steps']:,} steps x {r['layers']} layers ({r['stored_mib']:.0f} MiB of steps and "
+              f"values), ingested in {r['ingest_s']:.1f} s; every read cold, all layers -> <= {args.max_points} points")
+        s, w = r["streamed"], r["whole"]
+        passed = s["ms"] <= 1000 and s["peak_rss_growth_mib"] <= 64
+        ok &= passed
+        print(row.format("read, streamed (now): time / peak RSS growth",
+                         f"{s['ms']:.0f} ms / {s['peak_rss_growth_mib']:.1f} MiB", "<= 1 s / 64 MiB", verdict(passed)))
+        print(row.format("read, whole series (before): time / peak RSS growth",
+                         f"{w['ms']:.0f} ms / {w['peak_rss_growth_mib']:.1f} MiB", "(side by side)", ""))
+        rss_ratio = w["peak_rss_growth_mib"] / max(s["peak_rss_growth_mib"], 0.1)
+        print(row.format("  ratio before / now: time, peak RSS growth", f"{w['ms'] / s['ms']:.2f}x, {rss_ratio:.0f}x",
+                         "", ""))
+        print(row.format("4 concurrent cold reads: peak RSS growth now / before",
+                         f"{s['four_concurrent_peak_rss_growth_mib']:.1f} / "
+                         f"{w['four_concurrent_peak_rss_growth_mib']:.1f} MiB", "", ""))
+        c = r["csv"]
+        print(row.format(f"CSV export, streamed: {c['mib']:.0f} MiB", f"{c['seconds']:.1f} s, peak RSS "
+                         f"+{c['peak_rss_growth_mib']:.1f} MiB", "", ""))
     print(f"# database: {res['db_bytes'] / 2**20:.1f} MiB for {len(res['ingest']) * args.rounds} jobs "
           f"(WAL included); load average at end: {[round(x, 2) for x in os.getloadavg()]}")
     print(f"# overall: {verdict(ok)}")

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from deepgrad_core.analysis import cost_report
@@ -26,6 +25,7 @@ from deepgrad_core.data import DataError, ImageSplit, default_data_root, load_sp
 from deepgrad_core.device import choose_device
 from deepgrad_core.models import build_model
 from deepgrad_core.norms import NormBlock
+from deepgrad_core.series import csv_header, csv_rows
 from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
 from deepgrad_core.strict_json import strict_json
 from deepgrad_core.training import TrainResult, seed_everything, train
@@ -150,10 +150,10 @@ def write_norms_csv(out: Path, norms: dict[str, NormBlock | None]) -> list[str]:
         if block is None:
             path.unlink(missing_ok=True)  # a stale file from an earlier run would be misleading
             continue
-        table = np.column_stack([block.steps.astype(np.float64), block.values.astype(np.float64)])
-        # %.9g round-trips float32 exactly; one format string per row is savetxt's fast path.
-        np.savetxt(path, table, fmt=["%d"] + ["%.9g"] * len(block.layers), delimiter=",",
-                   header=",".join(("step", *block.layers)), comments="")
+        with path.open("w") as f:  # the same text the server's gradients.csv sends
+            f.write(csv_header(block.layers))
+            for i in range(0, len(block), 8192):
+                f.write(csv_rows(block.steps[i:i + 8192], block.values[i:i + 8192]))
         written.append(path.name)
     return written
 

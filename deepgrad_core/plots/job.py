@@ -50,6 +50,8 @@ class JobData:
     # Per-epoch means of a norm kind computed where the series is (a store streams them): kind -> (0-based
     # epochs, [epochs x layers] means, steps with a NaN/inf). Figures use them instead of ``series``' rows.
     epoch_means: dict[str, tuple[list[int], np.ndarray, int]] = field(default_factory=dict)
+    # Records in the store per kind, where ``series`` holds fewer (a long series' min/max rows): titles say so.
+    recorded: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:

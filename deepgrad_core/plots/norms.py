@@ -72,12 +72,18 @@ def _lines(ax: Axes, job: JobData, block: NormBlock, cols: list[int], colors: li
         empty_panel(ax, "every value is NaN, inf or zero: nothing to draw on a log axis")
     else:
         step_axis(ax, job.steps_per_epoch, float(block.steps[0]), float(block.steps[-1]))
-    return _notes(block, hidden, smooth, points)
+    return _notes(job, block, hidden, smooth, points)
 
 
-def _notes(block: NormBlock, hidden: Hidden, smooth: int, points: int) -> list[str]:
+def _reduced_note(job: JobData, block: NormBlock) -> str:
+    """``"from min/max rows of 2000000 records"`` when the figure was given a reduced series."""
+    recorded = job.recorded.get(block.kind, len(block))
+    return f"from min/max rows of {recorded} records" if recorded > len(block) else ""
+
+
+def _notes(job: JobData, block: NormBlock, hidden: Hidden, smooth: int, points: int) -> list[str]:
     """What the title should say about the data drawn: hidden values, smoothing, downsampling."""
-    notes = [hidden.note()]
+    notes = [hidden.note(), _reduced_note(job, block)]
     if smooth > 1:
         notes.append(f"moving average of {smooth}")
     if len(block) > points:
@@ -161,7 +167,7 @@ def heatmap_figure(job: JobData, *, norm_kind: str, layers: list[str] | None, sm
         _layer_ticks(ax, names, axis="y")
         ax.set_ylabel("layer (input side at top)")
         step_axis(ax, job.steps_per_epoch, lo, hi, marks=False)
-    notes = [hidden.note(), f"moving average of {smooth}" if smooth > 1 else ""]
+    notes = [hidden.note(), _reduced_note(job, block), f"moving average of {smooth}" if smooth > 1 else ""]
     if len(block) > grid.shape[1]:
         notes.append(f"{len(block)} records as log-mean of {grid.shape[1]} columns")
     set_title(fig, job_title(job, f"{norm_kind} gradient norm, layer x step"), notes)

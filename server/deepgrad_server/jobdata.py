@@ -80,9 +80,9 @@ def read_block(db: Database, job: Job, kind: str) -> NormBlock | None:
     return NormBlock(kind, np.concatenate([p[0] for p in parts]), layers, np.concatenate([p[1] for p in parts]))
 
 
-def plot_series(db: Database, cache: JobCache, job: Job, kind: str) -> NormBlock | None:
-    """The ``kind`` series a figure of ``job`` draws over steps: as recorded when it is short, else its min/max
-    rows (``PLOT_FULL_VALUES``). Finished jobs' are cached (the cache is bounded by bytes)."""
+def plot_series(db: Database, cache: JobCache, job: Job, kind: str) -> tuple[NormBlock, int] | None:
+    """The ``kind`` series a figure of ``job`` draws over steps, and the records stored: as recorded when it is
+    short, else its min/max rows (``PLOT_FULL_VALUES``). Finished jobs' are cached (bounded by bytes)."""
     key = ("plot-series", job.id, kind)
     if job.state in TERMINAL and (hit := cache.get(key)) is not None:
         return hit
@@ -92,12 +92,13 @@ def plot_series(db: Database, cache: JobCache, job: Job, kind: str) -> NormBlock
     if layers is None:
         return None
     if rows * len(layers) <= PLOT_FULL_VALUES:
-        block = read_block(db, job, kind)
+        block = (read_block(db, job, kind), rows)
     else:
         points = max(PLOT_MIN_POINTS, PLOT_FULL_VALUES // len(layers))
         _, steps, values = downsampled(db, job.id, kind, list(range(len(layers))), start=None, end=None,
                                        max_points=points)
         block = NormBlock(kind, steps, layers, values.astype(np.float32))
+        block = (block, rows)
     if job.state in TERMINAL:
         cache.put(key, frozenset([job.id]), block)
     return block
@@ -130,19 +131,20 @@ def depth_series(db: Database, cache: JobCache, job: Job, kind: str) -> tuple[No
 def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *, depth: bool = False) -> JobData:
     """The figures' view of ``job`` with the norm ``kinds`` they draw: over steps (``plot_series``), or their
     per-epoch means (``depth``: ``depth_series``)."""
-    series, means = {}, {}
+    series, means, recorded = {}, {}, {}
     for kind in (k for k in (job.norm_layers or {}) if k in kinds):
+        found = depth_series(db, cache, job, kind) if depth else plot_series(db, cache, job, kind)
+        if found is None:
+            continue
         if depth:
-            found = depth_series(db, cache, job, kind)
-            if found is not None:
-                series[kind], means[kind] = found
+            series[kind], means[kind] = found
         else:
-            series[kind] = plot_series(db, cache, job, kind)
+            series[kind], recorded[kind] = found
     with db.reading() as s:
         history = store.epochs(s, job_id=job.id)
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),
-                   state=job.state, epoch_means=means)
+                   state=job.state, epoch_means=means, recorded=recorded)
 
 
 def layer_info(job: Job, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:

@@ -34,8 +34,8 @@ def _seed(data_dir: Path) -> str:
     with db.writing() as s:
         job, _ = store.create_job(s, spec={"model": {"arch": "vgg_deep"}}, name="busy", idempotency_key=None,
                                   max_queued=10)
-        store.update_job(s, job_id=job.id, state="succeeded", steps_per_epoch=1000,
-                         layers=[{"name": n, "path": f"f.{i}", "kind": "conv", "depth": i} for i, n in enumerate(LAYERS)])
+        layers = [{"name": n, "path": f"f.{i}", "kind": "conv", "depth": i} for i, n in enumerate(LAYERS)]
+        store.update_job(s, job_id=job.id, state="succeeded", steps_per_epoch=1000, layers=layers)
         for first in range(0, STEPS, 5000):
             store.append_norms(s, job_id=job.id, block=NormBlock("weight", np.arange(first, first + 5000), LAYERS,
                                                                   rng.random((5000, len(LAYERS)), dtype=np.float32)))
