@@ -87,10 +87,8 @@ def seed_finished_job(database_url: str) -> str:
     from deepgrad_server.runner import split_summary
 
     spec = ExperimentSpec.model_validate(yaml.safe_load(SPEC_FILE.read_text()))
-    spec = spec.model_copy(update={"model": spec.model.resolved()})
     model = build_model(spec.model)
-    layers = [{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
-              for la in tracked_layers(model, spec.tracking.layer_types)]
+    layers = [la.to_dict() for la in tracked_layers(model, spec.tracking.layer_types)]
     names, spe, epochs = tuple(la["name"] for la in layers), 391, 100
     rng = np.random.default_rng(0)
     steps = np.arange(spe * epochs)

@@ -5,7 +5,8 @@
 Writes into ``--out`` (default ``runs/<spec file stem>``): ``spec.json`` (the resolved spec),
 ``history.json`` (per-epoch metrics), ``result.json`` (status, final metrics, per-class report,
 confusion, vanishing summary, environment, layers, cost), ``norms_<kind>.csv`` (``step``, then one
-column per tracked layer) and ``checkpoint/``, from which the same command resumes.
+column per tracked layer), ``filters.npy`` / ``filters_init.npy`` (the first conv's filters, learned and at
+initialization), ``plots/<kind>.png`` with ``--plots``, and ``checkpoint/``, from which the same command resumes.
 Exit codes: 0 succeeded; 1 the run failed (data missing, diverged, CUDA absent); 2 usage or spec
 error; 130 interrupted by Ctrl-C (what was recorded is written; a re-run resumes).
 """
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default runs/<spec file stem>)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore a checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print result.json to stdout instead of a summary")
+    p.add_argument("--plots", action="store_true", help="also draw every figure into <out>/plots/ "
+                   "(later, from the folder: deepgrad-plot <out> all)")
     return p
 
 
@@ -94,11 +97,10 @@ def load_spec(path: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     for item in overrides:
         _apply_override(data, item)
     try:
-        spec = ExperimentSpec.model_validate(data)
+        return ExperimentSpec.model_validate(data)
     except ValidationError as err:
         lines = "\n".join(f"  {_describe(e)}" for e in err.errors())
         raise CliError(f"invalid spec {path} ({err.error_count()} error(s)):\n{lines}", 2) from None
-    return spec.model_copy(update={"model": spec.model.resolved()})
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:

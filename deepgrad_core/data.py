@@ -6,8 +6,12 @@ training device.
 
 Where the data come from (``root`` defaults to ``default_data_root()``):
 
-- ``cifar10``: ``<root>/cifar10/{train,test}/<class>/*.jpg|png`` (ImageFolder layout), decoded once
-  into ``<root>/.cache/cifar10-<split>.npz``; else torchvision's ``<root>/cifar-10-batches-py``.
+- ``cifar10``: ``<root>/cifar10/{train,test}/<class>/*.jpg|png`` (ImageFolder layout); else
+  torchvision's ``<root>/cifar-10-batches-py``. A subset decodes only its own images (150 per class: a
+  second, not the 34 s of all 50,000); a whole split is decoded once into the cache folder
+  (``cache_dir``: ``$DEEPGRAD_CACHE_DIR``, else ``~/.deepgrad/cache``; the server uses its data dir's
+  ``cache/``), never into the data root, which may be read-only or shared. The cache keeps at most
+  ``$DEEPGRAD_CACHE_MAX_GIB`` (default 2) GiB, dropping the least recently used files first.
 - ``fashion_mnist``: the idx files in ``<root>/fashion_mnist/``, ``<root>/FashionMNIST/raw/``
   (torchvision) or ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``).
 - ``synthetic``: generated from the seed, for fast tests.
@@ -21,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -89,6 +95,15 @@ class ImageSplit:
         return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 
+DEFAULT_CACHE_MAX_GIB = 2.0
+
+
+def default_cache_dir() -> Path:
+    """``$DEEPGRAD_CACHE_DIR`` if set, else ``~/.deepgrad/cache``."""
+    env = os.environ.get("DEEPGRAD_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".deepgrad" / "cache"
+
+
 def default_data_root() -> Path:
     """``$DEEPGRAD_DATA_ROOT`` if set, else ``~/.deepgrad/data``."""
     env = os.environ.get("DEEPGRAD_DATA_ROOT")
@@ -96,12 +111,14 @@ def default_data_root() -> Path:
 
 
 def load_split(spec: DataSpec, split: Split, *, root: str | os.PathLike[str] | None = None,
-               in_channels: int = 3, seed: int = 0, download: bool = False) -> ImageSplit:
+               in_channels: int = 3, seed: int = 0, download: bool = False,
+               cache_dir: str | os.PathLike[str] | None = None) -> ImageSplit:
     """Load one split of ``spec.name`` on the CPU.
 
     ``spec.subset`` / ``spec.test_subset`` keep that many images per class, chosen at random
     (seeded by ``seed``) and kept in data-set order; a class with fewer images keeps all of them.
     ``download`` lets torchvision fetch CIFAR-10 / Fashion-MNIST into ``root`` when nothing is found.
+    ``cache_dir``: where decoded whole splits are kept (default ``default_cache_dir()``).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -112,15 +129,17 @@ def load_split(spec: DataSpec, split: Split, *, root: str | os.PathLike[str] | N
     if spec.name == "synthetic":
         return _synthetic(spec, split, in_channels=in_channels, seed=seed)
     data_root = Path(root) if root is not None else default_data_root()
+    pick = (lambda labels: select_per_class(labels, per_class, seed=seed, salt=split)) if per_class else None
     if spec.name == "cifar10":
-        images, labels, classes = _load_cifar10(data_root, split, download)
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        images, labels, classes = _load_cifar10(data_root, split, download, pick, cache)
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
         images, labels = _load_fashion_mnist(data_root, split, download)
         classes, mean, std = FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    if per_class is not None:
-        keep = select_per_class(labels, per_class, seed=seed, salt=split)
-        images, labels = images[keep], labels[keep]
+        if pick is not None:
+            keep = pick(labels)
+            images, labels = images[keep], labels[keep]
     if spec.name == "fashion_mnist":
         # VGG halves the side five times: 28 -> 14 -> 7 -> 3 -> 1 -> 0 fails, 32 -> ... -> 1 works.
         images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
@@ -143,10 +162,12 @@ def select_per_class(labels: np.ndarray, per_class: int, *, seed: int, salt: str
 # ---------------------------------------------------------------------------------------- CIFAR-10
 
 
-def _load_cifar10(root: Path, split: Split, download: bool) -> _Arrays:
+def _load_cifar10(root: Path, split: Split, download: bool, pick: Callable[[np.ndarray], np.ndarray] | None,
+                  cache_dir: Path) -> _Arrays:
+    """The split, or the images ``pick(labels)`` selects of it (sorted indices)."""
     folder, batches = root / "cifar10" / split, root / "cifar-10-batches-py"
     if folder.is_dir():
-        return _load_image_folder(folder, root / ".cache" / f"cifar10-{split}.npz")
+        return _load_image_folder(folder, cache_dir, f"cifar10-{split}", pick)
     if batches.is_dir() or download:
         import torchvision  # slow to import; only this layout needs it
 
@@ -155,7 +176,11 @@ def _load_cifar10(root: Path, split: Split, download: bool) -> _Arrays:
         except (RuntimeError, OSError) as err:
             raise DataError(f"CIFAR-10 in torchvision's layout at {batches} is unreadable ({err}); delete it "
                             f"and place torchvision's cifar-10-batches-py there again") from err
-        return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes)
+        images, labels = ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
+        if pick is not None:
+            keep = pick(labels)
+            images, labels = images[keep], labels[keep]
+        return images, labels, tuple(ds.classes)
     raise DataError(f"CIFAR-10 not found: looked for {folder} (ImageFolder layout) and {batches} "
                     f"(torchvision's layout). Provide it with "
                     f"`python cifar10_jpeg.py imagefolder {root / 'cifar10'}`, or place torchvision's "
@@ -183,9 +208,20 @@ def _list_image_folder(folder: Path) -> tuple[list[Path], np.ndarray, tuple[str,
     return files, np.asarray(labels, dtype=np.int64), classes, (len(files), newest)
 
 
-def _load_image_folder(folder: Path, cache: Path) -> _Arrays:
-    """Decode an ImageFolder once; later loads read the uint8 cache while the folder is unchanged."""
+def _load_image_folder(folder: Path, cache_dir: Path, stem: str,
+                       pick: Callable[[np.ndarray], np.ndarray] | None) -> _Arrays:
+    """Decode an ImageFolder: only the images ``pick`` selects (no cache: that is fast), or all of them once,
+    then from the cache while the folder is unchanged."""
     files, labels, classes, fingerprint = _list_image_folder(folder)
+    if pick is not None:
+        keep = pick(labels)
+        start = time.perf_counter()
+        images = _decode_all([files[i] for i in keep])
+        log.info("decoded %d of %d images from %s in %.1f s", len(keep), len(files), folder,
+                 time.perf_counter() - start)
+        return images, labels[keep], classes
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    cache = cache_dir / f"{stem}-{key}.npz"
     cached = _read_cache(cache, fingerprint)
     if cached is not None:
         return cached
@@ -231,7 +267,9 @@ def _read_cache(cache: Path, fingerprint: tuple[int, int]) -> _Arrays | None:
             if int(z["version"]) != _CACHE_VERSION or tuple(z["fingerprint"].tolist()) != fingerprint:
                 log.info("cache %s is stale, decoding again", cache)
                 return None
-            return z["images"], z["labels"].astype(np.int64), tuple(str(c) for c in z["classes"])
+            arrays = z["images"], z["labels"].astype(np.int64), tuple(str(c) for c in z["classes"])
+        os.utime(cache)  # recently used: the last to be dropped
+        return arrays
     except (OSError, ValueError, KeyError, zlib.error) as err:  # a broken cache is rebuilt, not fatal
         log.warning("ignoring unreadable cache %s: %s", cache, err)
         return None
@@ -245,9 +283,28 @@ def _write_cache(cache: Path, images: np.ndarray, labels: np.ndarray, classes: t
         np.savez(tmp, images=images, labels=labels, classes=np.asarray(classes),
                  fingerprint=np.asarray(fingerprint, dtype=np.int64), version=_CACHE_VERSION)
         os.replace(tmp, cache)  # atomic: a concurrent reader sees the old cache or the new one
-    except OSError as err:  # a read-only data root only costs the decode next time
+    except OSError as err:  # an unwritable cache only costs the decode next time
         log.warning("could not write cache %s: %s", cache, err)
         tmp.unlink(missing_ok=True)
+        return
+    _bound_cache(cache.parent, keep=cache)
+
+
+def _bound_cache(folder: Path, keep: Path) -> None:
+    """Drop the least recently used cache files until the folder holds at most ``$DEEPGRAD_CACHE_MAX_GIB``."""
+    limit = float(os.environ.get("DEEPGRAD_CACHE_MAX_GIB") or DEFAULT_CACHE_MAX_GIB) * 2**30
+    try:
+        files = sorted((f for f in folder.glob("*.npz") if f.is_file()), key=lambda f: f.stat().st_mtime)
+        total = sum(f.stat().st_size for f in files)
+        for old in files:
+            if total <= limit:
+                break
+            if old != keep:
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
+                log.info("dropped cache file %s (cache over %.1f GiB)", old, limit / 2**30)
+    except OSError as err:  # another process pruned it first
+        log.debug("cache pruning: %s", err)
 
 
 # ----------------------------------------------------------------------------------- Fashion-MNIST

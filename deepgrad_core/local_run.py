@@ -17,16 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from deepgrad_core.analysis import cost_report
+from deepgrad_core.analysis import cost_report, first_layer_filters
 from deepgrad_core.cli import CliError, load_spec
 from deepgrad_core.data import DataError, ImageSplit, default_data_root, load_split
 from deepgrad_core.device import choose_device
 from deepgrad_core.models import build_model
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.series import csv_header, csv_rows
-from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
+from deepgrad_core.spec import ExperimentSpec
 from deepgrad_core.strict_json import strict_json
 from deepgrad_core.training import TrainResult, seed_everything, train
 from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
@@ -34,6 +35,7 @@ from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 log = logging.getLogger("deepgrad_core.cli")
 
 OUTPUTS = ("spec.json", "history.json", "result.json")
+ARRAYS = ("filters.npy", "filters_init.npy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,12 +47,19 @@ def run(args: argparse.Namespace) -> int:
     _prepare_out(out, spec, resume=args.resume)
     seed_everything(spec.seed)
     model = build_model(spec.model).to(device)
-    size = spec.data.image_size or DEFAULT_IMAGE_SIDE
-    cost = cost_report(model, (spec.model.in_channels, size, size), measure_peak=device.type == "cuda")
-    log.info("%s: %.2fM params, %.3f GFLOP/image; %d train / %d test images on %s; writing to %s", spec.model.arch,
-             cost.total_params / 1e6, cost.flops_per_image / 1e9, len(train_data), len(test_data), device, out)
+    cost = cost_report(model, spec.input_shape, measure_peak=device.type == "cuda")
+    log.info("%s: %.2fM params, %.3f GFLOP/image (FLOPs = 2 x multiply-adds); %d train / %d test images on %s; "
+             "writing to %s", spec.model.arch, cost.total_params / 1e6, cost.flops_per_image / 1e9, len(train_data),
+             len(test_data), device, out)
+    np.save(out / "filters_init.npy", first_layer_filters(model), allow_pickle=False)  # the seed's init, always
     result = _train(model, spec, device, train_data, test_data, out, resume=args.resume)
+    np.save(out / "filters.npy", first_layer_filters(model), allow_pickle=False)
     report = _write_outputs(out, result, cost.to_dict())
+    if args.plots:
+        from deepgrad_core.plots.files import write_figures
+
+        written = write_figures(out, out / "plots")
+        log.info("wrote %d figures into %s", len(written), out / "plots")
     sys.stdout.write(json.dumps(report, indent=2) + "\n" if args.json else summary_text(report, out))
     return _exit_code(result, out)
 
@@ -82,7 +91,8 @@ def _prepare_out(out: Path, spec: ExperimentSpec, *, resume: bool) -> None:
         raise CliError(f"{out} holds a checkpoint of a different spec (see {spec_file}); pass --no-resume "
                        "to start over there, or choose another --out", 2)
     if not resume:
-        for stale in [ckpt, *(out / name for name in OUTPUTS), *out.glob("norms_*.csv")]:
+        for stale in [ckpt, *(out / name for name in (*OUTPUTS, *ARRAYS)), *out.glob("norms_*.csv"),
+                      *out.glob("plots/*.png")]:
             stale.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(resolved, indent=2) + "\n")
@@ -136,7 +146,7 @@ def _write_outputs(out: Path, result: TrainResult, cost: dict[str, Any]) -> dict
               "confusion": result.confusion, "summary": result.summary, "environment": result.environment,
               "steps_per_epoch": result.steps_per_epoch, "layers": result.layers, "cost": cost,
               "spec": result.spec.model_dump(mode="json"),
-              "files": [*OUTPUTS, *norm_files, f"checkpoint/{CHECKPOINT_NAME}"]})
+              "files": [*OUTPUTS, *norm_files, "filters.npy", "filters_init.npy", f"checkpoint/{CHECKPOINT_NAME}"]})
     (out / "history.json").write_text(json.dumps(strict_json(result.history), indent=2) + "\n")
     (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

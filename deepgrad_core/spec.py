@@ -77,22 +77,32 @@ class _Spec(BaseModel):
 
 
 class ModelSpec(_Spec):
-    """Architecture and its options. ``resolved()`` fills the family defaults in."""
+    """Architecture and its options; ``None`` in a field means the family's default, filled in at validation."""
 
-    arch: Literal["vgg16", "vgg_deep", "resnet18"]
-    kernel_size: Literal[3, 5, 7] = 3
-    pooling: Literal["max", "avg"] = "max"
-    activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = "relu"
-    batch_norm: StrictBool | None = None
-    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
-    bottleneck: StrictBool = False
-    bottleneck_factor: int = Field(default=4, ge=2, le=16)
-    residual: StrictBool | None = None
-    init: Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"] = "default"
-    extra_convs: int | None = Field(default=None, ge=0, le=16)
-    width: float = Field(default=1.0, gt=0.0, le=4.0)
-    in_channels: int = Field(default=3, ge=1, le=16)
-    num_classes: int = Field(default=10, ge=2, le=1000)
+    arch: Literal["vgg16", "vgg_deep", "resnet18"] = Field(
+        description="vgg16: VGG-16 with batch norm and dropout; vgg_deep: VGG-16 plus four convs, no batch norm, "
+                    "no dropout (gradients vanish); resnet18: ResNet-18 for 32x32 images")
+    kernel_size: Literal[3, 5, 7] = Field(default=3, description="side of every main-path conv kernel")
+    pooling: Literal["max", "avg"] = Field(default="max", description="VGG's down-sampling between blocks")
+    activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = Field(
+        default="relu", description="the nonlinearity after every conv and hidden linear layer")
+    batch_norm: StrictBool | None = Field(default=None, description="batch norm after every conv (null: the "
+                                          "family's default: vgg16 and resnet18 true, vgg_deep false)")
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0, description="dropout in VGG's classifier (null: "
+                                  "vgg16 0.5, vgg_deep 0)")
+    bottleneck: StrictBool = Field(default=False, description="a 1x1 conv reducing channels by bottleneck_factor "
+                                   "before each kxk conv (the original study's 1x1 experiment)")
+    bottleneck_factor: int = Field(default=4, ge=2, le=16, description="channel reduction of the 1x1 bottleneck")
+    residual: StrictBool | None = Field(default=None, description="shortcut connections (null: resnet18 true; "
+                                        "false gives He et al.'s plain net; in VGG: identity where shapes match)")
+    init: Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"] = Field(
+        default="default", description="weight init of convs and linears (default: PyTorch's, which makes "
+                                       "VGG-Deep's gradients vanish; kaiming_normal: He et al. 2015)")
+    extra_convs: int | None = Field(default=None, ge=0, le=16, description="convs added to VGG-16, one per block "
+                                    "of blocks 2-5 in turn (null: vgg_deep 4, vgg16 0)")
+    width: float = Field(default=1.0, gt=0.0, le=4.0, description="channel multiplier (0.25: a quick CPU run)")
+    in_channels: int = Field(default=3, ge=1, le=16, description="image channels (1 for Fashion-MNIST)")
+    num_classes: int = Field(default=10, ge=2, le=1000, description="classes of the data set")
 
     @field_validator("kernel_size", mode="before")
     @classmethod
@@ -113,10 +123,19 @@ class ModelSpec(_Spec):
                              "pooling layer but the final global average")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """A validated spec is a resolved one: every ``None`` becomes the family's default, so two specs of one
+        model compare equal and every result records what ran."""
+        if isinstance(data, dict) and isinstance(data.get("arch"), str) and data["arch"] in FAMILY_DEFAULTS:
+            defaults = FAMILY_DEFAULTS[data["arch"]]
+            data = {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+        return data
+
     def resolved(self) -> ModelSpec:
-        """The same spec with every family default written out (what a stored result records)."""
-        filled = {k: v for k, v in FAMILY_DEFAULTS[self.arch].items() if getattr(self, k) is None}
-        return self.model_copy(update=filled)
+        """The spec with the family defaults written out: itself, since validation fills them in."""
+        return self
 
 
 class DataSpec(_Spec):
@@ -157,7 +176,9 @@ class TrainSpec(_Spec):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than epochs ({self.epochs}): "
+                             f"train longer, or set train.warmup_epochs to less (e.g. --set "
+                             f"train.warmup_epochs={min(self.warmup_epochs, self.epochs) / 2:g}, or 0 for none)")
         return self
 
 
@@ -210,6 +231,12 @@ class ExperimentSpec(_Spec):
                              f"{VGG_MIN_IMAGE_SIDE} or arch 'resnet18'")
         return self
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image as the model sees it."""
+        side = self.data.image_size or DEFAULT_IMAGE_SIDE
+        return self.model.in_channels, side, side
+
     @classmethod
     def from_json(cls, text: str) -> ExperimentSpec:
         return cls.model_validate(json.loads(text))
@@ -249,3 +276,23 @@ def as_model_spec(spec: ModelSpec | dict[str, Any]) -> ModelSpec:
 
 def as_experiment_spec(spec: ExperimentSpec | dict[str, Any]) -> ExperimentSpec:
     return spec if isinstance(spec, ExperimentSpec) else ExperimentSpec.model_validate(spec)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def spec_changes(spec: ExperimentSpec) -> dict[str, Any]:
+    """What a spec sets beyond the defaults of its architecture and data set, as ``--set`` keys:
+    ``{"model.kernel_size": 5, "train.epochs": 30}``. What tells apart variants of one model."""
+    base = ExperimentSpec.model_validate({
+        "model": {"arch": spec.model.arch, "in_channels": spec.model.in_channels,
+                  "num_classes": spec.model.num_classes},
+        "data": {"name": spec.data.name}})
+    mine, theirs = _flat(spec.model_dump(mode="json")), _flat(base.model_dump(mode="json"))
+    return {k: v for k, v in mine.items() if theirs.get(k) != v}

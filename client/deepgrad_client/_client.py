@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._config import resolve
+from ._config import config_path, resolve, token_file_path
 from ._exceptions import APIError, AuthError, ConnectError, InputError, NotFound, WaitTimeout
 from ._gradients import Gradients
 from ._spec import load_spec
@@ -104,12 +104,7 @@ class Client:
         ``name`` (1-100 characters) overrides a ``name`` in the spec. Pass ``idempotency_key`` to make
         repeated calls (say, after a crash of your own program) return the job the first one made.
         """
-        if isinstance(spec, (str, os.PathLike)):
-            body = load_spec(spec)
-        elif hasattr(spec, "model_dump"):
-            body = spec.model_dump(mode="json")
-        else:
-            body = dict(spec)
+        body = _spec_body(spec)
         if name is not None:
             body["name"] = name
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
@@ -235,9 +230,14 @@ class Client:
         return self._send("GET", "/compare", params={"ids": _id_list(ids)}).json()
 
     def compare_plot(self, kind: str, ids: Sequence[str]) -> bytes:
-        """A PNG comparing 2-12 jobs. ``kind``: metrics, depth, filters."""
+        """A PNG comparing 2-12 jobs. ``kind``: metrics, depth, ratio, filters, cost."""
         path = f"/compare/plots/{_segment(kind)}.png"
         return self._send("GET", path, params={"ids": _id_list(ids)}).content
+
+    def cost(self, spec: Mapping[str, Any] | str | os.PathLike[str] | Any) -> dict[str, Any]:
+        """What a job of ``spec`` would cost, before it runs: ``{"spec", "cost", "memory", "limit_errors"}``
+        (parameters, FLOPs with 1 multiply-add = 2 FLOPs, activation bytes; the job's estimated memory)."""
+        return self._send("POST", "/cost", json=_spec_body(spec)).json()
 
     def models(self) -> dict[str, Any]:
         """Architectures, their options with allowed values and defaults, data sets and server limits."""
@@ -302,10 +302,21 @@ class Client:
             detail = response.text.strip()[:500] or response.reason_phrase
         status = response.status_code
         if status in (401, 403):
-            hint = None if self._has_token else ("no token was given: pass --token, set DEEPGRAD_TOKEN, or put "
-                                                 '{"token": ...} in ~/.config/deepgrad/config.json')
+            hint = None if self._has_token else (
+                f"no token was given: pass --token, set DEEPGRAD_TOKEN, or put {{\"token\": ...}} in "
+                f"{config_path()}; on the server's own machine the token is read from {token_file_path()} "
+                "(the server's data dir: set DEEPGRAD_DATA_DIR to where the server keeps it)")
             return AuthError(status, detail, hint=hint, retried=retried)
         return (NotFound if status == 404 else APIError)(status, detail, retried=retried)
+
+
+def _spec_body(spec: Mapping[str, Any] | str | os.PathLike[str] | Any) -> dict[str, Any]:
+    """A spec as a JSON body: a dict as is, a pydantic spec dumped, a path read (``.json``/``.yaml``/``.yml``)."""
+    if isinstance(spec, (str, os.PathLike)):
+        return load_spec(spec)
+    if hasattr(spec, "model_dump"):
+        return spec.model_dump(mode="json")
+    return dict(spec)
 
 
 def _job_path(job_id: str, *parts: str) -> str:

@@ -15,8 +15,10 @@ class Gradients:
     ``steps``: int64 ``[n]`` training steps; ``values``: float64 ``[n, len(layers)]``, NaN where the
     server sent null (a missing or non-finite norm); column ``j`` belongs to ``layers[j]``, whose
     ``depths[j]`` is its position among tracked layers as the server numbers it and ``relative_depths[j]``
-    runs from 0 (first tracked layer) to 1 (last). ``total_steps``: recorded steps in the range before
-    downsampling; ``downsampled``: the server kept each bucket's min and max.
+    runs from 0 (first tracked layer) to 1 (last); ``roles[j]`` is ``stem``/``main`` (the main path),
+    ``reduce``, ``shortcut`` or ``classifier``. ``records``: entries recorded in the range before
+    downsampling; ``total_steps``: training steps from the first of them to the last (activation norms are
+    sampled, so they have fewer records than steps); ``downsampled``: the server kept each bucket's min and max.
     """
 
     job_id: str
@@ -28,6 +30,8 @@ class Gradients:
     relative_depths: np.ndarray
     total_steps: int
     downsampled: bool
+    records: int = 0
+    roles: list[str] | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Gradients:
@@ -47,6 +51,8 @@ class Gradients:
                                        dtype=np.float64),
             total_steps=int(body.get("total_steps") or 0),
             downsampled=bool(body.get("downsampled", False)),
+            records=int(body.get("records", body.get("total_steps")) or 0),
+            roles=[layer.get("role", "main") for layer in layers],
         )
 
     def series(self, layer: str) -> np.ndarray:

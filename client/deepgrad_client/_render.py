@@ -58,19 +58,28 @@ def epoch_of(progress: dict[str, Any] | None) -> str:
 
 
 def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
-    table = Table(show_edge=False)
+    """Jobs as rows; the model column says what each spec sets beyond its architecture's defaults, so that
+    variants of one model are told apart by more than their names."""
+    table = Table(show_edge=False, pad_edge=False)
     table.add_column("id", no_wrap=True)
-    table.add_column("name", overflow="fold", min_width=8)
+    table.add_column("name", overflow="fold", min_width=8, ratio=2)
     table.add_column("state", no_wrap=True)
-    table.add_column("arch", no_wrap=True)
+    table.add_column("model", overflow="fold", min_width=8, ratio=3)
     table.add_column("epoch", justify="right", no_wrap=True)
-    table.add_column("test acc", justify="right", no_wrap=True)
-    table.add_column("created", overflow="fold")
+    table.add_column("test", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
     for job in jobs:
         final, progress = job.get("final") or {}, job.get("progress") or {}
-        table.add_row(job["id"], escape(job.get("name", "")), state_text(job), _arch(job), epoch_of(progress),
-                      pct(final.get("test_acc", progress.get("test_acc"))), _when(job.get("created_at")))
+        changes = changes_text(job, limit=3)
+        model = _arch(job) + (f" [dim]{escape(changes)}[/]" if changes else "")
+        table.add_row(job["id"], escape(job.get("name", "")), state_text(job), model, epoch_of(progress),
+                      pct(final.get("test_acc", progress.get("test_acc"))), _short_when(job.get("created_at")))
     return table
+
+
+def _short_when(stamp: Any) -> str:
+    """``2026-11-28T15:20:00Z`` -> ``11-28 15:20``: the list's dates fit an 80-column terminal."""
+    return str(stamp).replace("T", " ")[5:16] if stamp else "-"
 
 
 def job_table(job: dict[str, Any]) -> Table:
@@ -83,6 +92,7 @@ def job_table(job: dict[str, Any]) -> Table:
     state = state_text(job) + (f" ({job['reason']})" if job.get("reason") else "")
     rows = [("id", job["id"]), ("name", escape(job.get("name", ""))), ("state", state),
             ("message", escape(job.get("message") or "")), ("model", _arch(job)),
+            ("spec sets", escape(changes_text(job, limit=99)) or "the architecture's defaults"),
             ("data", f"{data.get('name', '?')}" + (f", {data['subset']} per class" if data.get("subset") else "")),
             ("created", _when(job.get("created_at"))), ("started", _when(job.get("started_at"))),
             ("finished", _when(job.get("finished_at"))), ("attempts", str(job.get("attempts", "")))]
@@ -99,10 +109,7 @@ def job_table(job: dict[str, Any]) -> Table:
                               + (f", best test {pct(final.get('best_test_acc'))} at epoch {best + 1}"
                                  if isinstance(best, int) else "")
                               + (f", {duration(final.get('seconds'))}" if _finite(final.get("seconds")) else "")))
-    weight = ((job.get("summary") or {}).get("weight")) or {}
-    if weight:
-        rows.append(("gradients", f"first/last layer {ratio(weight.get('first_last_ratio'))}: "
-                                  + ("[red]VANISHING[/]" if weight.get("vanishing") else "flowing")))
+    rows += gradient_rows(job.get("summary") or {})
     env = job.get("environment") or {}
     if env:
         parts = [str(env[k]) for k in ("device", "gpu") if env.get(k)]
@@ -111,6 +118,21 @@ def job_table(job: dict[str, Any]) -> Table:
         if value not in (None, ""):
             table.add_row(key, str(value))
     return table
+
+
+def gradient_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The vanishing verdict per norm kind, naming the layers compared, and which kind the verdict comes from."""
+    rows = []
+    source = summary.get("vanishing_source")
+    for kind in ("weight", "activation"):
+        s = summary.get(kind) or {}
+        if s.get("first_last_ratio") is None and s.get("vanishing") is None:
+            continue
+        layers = f"{s['first_layer']}/{s['last_layer']}" if s.get("first_layer") else "first/last layer"
+        verdict = "[red]VANISHING[/]" if s.get("vanishing") else "flowing"
+        rows.append((f"{kind} grads", f"{layers} {ratio(s.get('first_last_ratio'))}: {verdict} (threshold "
+                                      f"{s.get('fraction', 1e-3):g})" + ("  <- the verdict" if kind == source else "")))
+    return rows
 
 
 def compare_table(body: dict[str, Any]) -> Table:
@@ -131,13 +153,73 @@ def compare_table(body: dict[str, Any]) -> Table:
         ("best epoch", _best_epoch),
         ("time", lambda j: duration(j.get("seconds", _final(j, "seconds")))),
         ("parameters", lambda j: si(j.get("params"))),
-        ("FLOPs/image", lambda j: si(j.get("flops_per_image"))),
+        ("FLOPs/image (2 per MAC)", lambda j: si(j.get("flops_per_image"))),
         ("grad first/last", lambda j: ratio(_weight(j).get("first_last_ratio"))),
         ("vanishing", _vanishing),
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(job) for job in jobs))
+    for key, values in spec_differences([j.get("spec") or {} for j in jobs]).items():
+        table.add_row(escape(key), *(escape(setting(v)) for v in values))
     return table
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"arch": "vgg16"}}`` -> ``{"model.arch": "vgg16"}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def spec_differences(specs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The spec fields whose values differ between ``specs``: ``{"model.kernel_size": [3, 5], ...}``."""
+    flat = [flatten(spec or {}) for spec in specs]
+    keys = sorted({k for f in flat for k in f})
+    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+def setting(value: Any) -> str:
+    """A spec value as ``--set`` would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def changes_text(job: dict[str, Any], limit: int = 4) -> str:
+    """What a job's spec sets beyond its architecture's defaults (``changes`` from the server), short."""
+    changes = job.get("changes") or {}
+    items = [f"{k.removeprefix('model.')}={setting(v)}" for k, v in changes.items()]
+    return ", ".join(items[:limit]) + (f" (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def cost_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> Table:
+    """The study's computational-cost table, one row per spec: parameters, FLOPs, memory."""
+    table = Table(show_edge=False, caption="FLOPs count a multiply-add as 2 (ResNet-18: 0.56 G multiply-adds = "
+                                           "1.11 GFLOPs per 32x32 image)")
+    for name, justify in (("spec", "left"), ("arch", "left"), ("params", "right"), ("GFLOPs/image", "right"),
+                          ("GMACs/image", "right"), ("activations/image", "right"), ("job memory", "right"),
+                          ("fits", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "spec", overflow="fold")
+    for label, body in rows:
+        cost, memory = body.get("cost") or {}, body.get("memory") or {}
+        flops = cost.get("flops_per_image")
+        fits = memory.get("fits")
+        table.add_row(escape(label), str(((body.get("spec") or {}).get("model") or {}).get("arch", "-")),
+                      si(cost.get("total_params")), num(flops / 1e9 if _finite(flops) else None, ".3f"),
+                      num(flops / 2e9 if _finite(flops) else None, ".3f"), mib(cost.get("activation_bytes_per_image")),
+                      gib(memory.get("host_bytes")), "-" if fits is None else "yes" if fits else "[red]no[/]")
+    return table
+
+
+def mib(x: Any) -> str:
+    return f"{x / 2**20:.2f} MiB" if _finite(x) else "-"
+
+
+def gib(x: Any) -> str:
+    return f"{x / 2**30:.1f} GiB" if _finite(x) else "-"
 
 
 def epochs_table(metrics: dict[str, Any]) -> Table:

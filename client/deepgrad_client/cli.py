@@ -19,14 +19,15 @@ from rich.markup import escape
 
 from . import _render
 from ._client import TERMINAL_STATES, Client, Job
-from ._exceptions import DeepGradError, InputError
+from ._exceptions import DeepGradError, InputError, WaitTimeout
 from ._spec import apply_overrides, load_spec
 from ._watch import watch as watch_job
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
-PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "metrics", "filters", "cost")
-COMPARE_PLOT_KINDS = ("metrics", "depth", "filters")
+PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")
+COMPARE_PLOT_KINDS = ("metrics", "depth", "ratio", "filters", "cost")
 GRADIENT_KINDS = ("weight", "activation", "global")
+CANCEL_WAIT_S = 15.0  # how long `cancel` waits to report how a running job ended
 
 
 class _InputProblem(click.ClickException):
@@ -191,10 +192,20 @@ def _watch_and_finish(state: _State, job_id: str, poll: float, as_json: bool) ->
 def cancel(state: _State, job_id: str, as_json: bool) -> None:
     """Cancel a queued or running job."""
     job = state.client.cancel(job_id)
+    if job.get("state") not in TERMINAL_STATES:  # running: its worker stops it at the next step; say how it ended
+        try:
+            job = state.client.wait(job_id, poll=0.5, timeout=CANCEL_WAIT_S)
+        except WaitTimeout:
+            job = state.client.get(job_id)
     if as_json:
         return _print_json(job)
-    done = job.get("state") in TERMINAL_STATES
-    _out().print(f"{job['id']}: {_render.state_text(job)}" + ("" if done else " (stopping within seconds)"))
+    if job.get("state") not in TERMINAL_STATES:
+        _out().print(f"{job['id']}: cancel requested; still {_render.state_text(job)} after {CANCEL_WAIT_S:g} s "
+                     f"(check with: deepgrad-client status {job['id']})")
+    elif job.get("state") == "cancelled":
+        _out().print(f"{job['id']}: {_render.state_text(job)} ({escape(job.get('message') or '')})")
+    else:  # it ended on its own before the cancel reached it
+        _out().print(f"{job['id']}: ended {_render.state_text(job)} before the cancel took effect")
 
 
 @cli.command()
@@ -230,6 +241,25 @@ def models(state: _State, as_json: bool) -> None:
         out.print(f"data sets: {', '.join(map(str, body['datasets']))}")
     if body.get("limits"):
         out.print("limits: " + ", ".join(f"{k} {v}" for k, v in body["limits"].items()))
+
+
+@cli.command()
+@click.argument("specs", metavar="SPEC...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a field of every spec, e.g. --set model.width=0.5 (repeatable).")
+@json_option
+@pass_state
+def cost(state: _State, specs: tuple[Path, ...], overrides: tuple[str, ...], as_json: bool) -> None:
+    """What each spec would cost before it runs: parameters, FLOPs, memory; one table across specs."""
+    rows = [(path.stem, state.client.cost(apply_overrides(load_spec(path), overrides))) for path in specs]
+    if as_json:
+        return _print_json([{"spec_file": str(p), **body} for p, (_, body) in zip(specs, rows, strict=True)])
+    out = _out()
+    out.print(_render.cost_table(rows))
+    for label, body in rows:
+        for error in body.get("limit_errors") or []:
+            out.print(f"[red]{escape(label)}[/]: {escape(error)}")
 
 
 @cli.command()
@@ -278,7 +308,7 @@ def compare(state: _State, job_ids: tuple[str, ...], plot_path: Path | None, plo
 @pass_state
 def plot(state: _State, job_id: str, kind: str, output: Path, norm_kind: str | None, layers: str | None,
          epochs: str | None, smooth: int | None, max_points: int | None) -> None:
-    """Save one of a job's figures as PNG: norms, selected, heatmap, depth, metrics, filters, cost."""
+    """Save one of a job's figures as PNG: norms, selected, heatmap, depth, ratio, metrics, filters, cost."""
     state.client.save_plot(job_id, kind, output, norm_kind=norm_kind, layers=layers, epochs=epochs,
                            smooth=smooth, max_points=max_points)
     click.echo(f"wrote {output}")

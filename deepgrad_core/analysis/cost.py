@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deepgrad_core.device import choose_device
 from deepgrad_core.models.tracked import tracked_layers
+from deepgrad_core.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +228,14 @@ def _peak_step_bytes(model: nn.Module, x: torch.Tensor) -> int:
             p.grad = None if grad is None else grad.to(p.device)
     log.debug("peak train step at batch %d: %d bytes", x.shape[0], peak)
     return peak
+
+
+def spec_cost(spec: ExperimentSpec) -> CostReport:
+    """The cost report of the model a spec describes, at full size on the CPU, before any training: what
+    a job would cost, answered in about a second (``POST /cost``)."""
+    from deepgrad_core.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model)
+    return cost_report(model, spec.input_shape, device="cpu", measure_peak=False)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def first_layer_filters(model: nn.Module) -> np.ndarray:
-    """The first tracked conv layer's weights as float32 images ``[N, kh, kw, C]`` in [0, 1].
+    """The first main-path conv layer's weights (the stem: it sees the raw pixels, never a 1x1 reducer) as
+    float32 images ``[N, kh, kw, C]`` in [0, 1].
 
     ``C`` is 3 for RGB input and 1 for grayscale; any other channel count is averaged down to
     one channel. Each filter is min-max scaled on its own (a constant filter becomes 0.5), so
@@ -22,7 +23,8 @@ def first_layer_filters(model: nn.Module) -> np.ndarray:
 
     from deepgrad_core.models.tracked import tracked_layers
 
-    convs = tracked_layers(model, ("conv",))
+    convs = [la for la in tracked_layers(model, ("conv",)) if la.role in ("stem", "main")] or \
+        tracked_layers(model, ("conv",))
     if not convs:
         raise ValueError(f"{type(model).__name__} has no trainable conv layer, so it has no first-layer "
                          "filters to show")

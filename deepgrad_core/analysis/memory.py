@@ -26,7 +26,6 @@ from deepgrad_core.spec import (
     DATASET_CHANNELS,
     DATASET_CLASSES,
     DATASET_IMAGES_PER_CLASS,
-    DEFAULT_IMAGE_SIDE,
     ExperimentSpec,
     ModelSpec,
     images_per_class,
@@ -117,9 +116,9 @@ def _loaded_images(spec: ExperimentSpec, split: str) -> tuple[int, int]:
 
 def estimate_memory(spec: ExperimentSpec, device_type: str = "cpu") -> MemoryEstimate:
     """Peak memory of running ``spec`` on a device of ``device_type`` (``cpu`` or ``cuda``)."""
-    side = spec.data.image_size or DEFAULT_IMAGE_SIDE
+    side = spec.input_shape[-1]
     channels = DATASET_CHANNELS.get(spec.data.name, spec.model.in_channels)
-    shape = _model_shape(spec.model.resolved(), side, tuple(spec.tracking.layer_types))
+    shape = _model_shape(spec.model, side, tuple(spec.tracking.layer_types))
     image = channels * side * side  # uint8 bytes
     data = kept_bytes = 0
     for split in ("train", "test"):

@@ -1,6 +1,6 @@
 """Did the gradients vanish? Per-epoch summaries of recorded gradient norms (numpy only, no torch).
 
-The verdict compares the first tracked layer (closest to the input) with the last: gradients
+The verdict compares the first main-path layer (closest to the input) with the last: gradients
 flow backward, so a first layer whose mean norm is a tiny fraction of the last layer's has
 received almost nothing. Non-finite norms (a diverged step) are left out of every mean and
 counted instead; every number in the result is a plain float, int, bool or None (never NaN).
@@ -19,8 +19,12 @@ from deepgrad_core.series import epoch_means
 log = logging.getLogger(__name__)
 
 
-def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction: float = 1e-3) -> dict:
+def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction: float = 1e-3,
+                      ends: tuple[int, int] | None = None) -> dict:
     """JSON-friendly summary of one block of norms.
+
+    ``ends``: the columns compared (default the first and the last): the first and last main-path layers
+    when the roles are known (``summarize_run``), so that neither a 1x1 reducer nor the classifier decides.
 
     Keys: ``kind``, ``layers``, ``has_data``, ``epochs`` (epoch indices present; step ``s`` is
     in epoch ``s // steps_per_epoch``), ``mean_per_epoch`` ({layer: [mean of finite norms, or
@@ -41,33 +45,42 @@ def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction
         "has_data": block is not None and len(block) > 0,
         "epochs": [], "mean_per_epoch": {}, "first_last_ratio_per_epoch": [], "first_last_ratio": None,
         "min_layer": None, "vanishing": None, "fraction": fraction, "nonfinite_steps": 0,
+        "first_layer": None, "last_layer": None,
     }
     if not summary["has_data"]:
         return summary
     epochs, means, nonfinite = epoch_means(block.steps, block.values, steps_per_epoch)  # [epochs, layers]
-    ratios = [_ratio(row) for row in means]
-    last = means[-1]
+    first, last = ends if ends is not None else (0, len(block.layers) - 1)
+    ratios = [_ratio(row[[first, last]]) for row in means]
+    final = means[-1]
     summary.update(
         epochs=[int(e) for e in epochs],
         mean_per_epoch={layer: [_jsonable(v) for v in means[:, j]] for j, layer in enumerate(block.layers)},
         first_last_ratio_per_epoch=ratios,
         first_last_ratio=ratios[-1],
-        min_layer=block.layers[int(np.nanargmin(last))] if np.isfinite(last).any() else None,
+        min_layer=block.layers[int(np.nanargmin(final))] if np.isfinite(final).any() else None,
         vanishing=None if ratios[-1] is None else bool(ratios[-1] < fraction),
         nonfinite_steps=nonfinite,
+        first_layer=block.layers[first],
+        last_layer=block.layers[last],
     )
     return summary
 
 
-def summarize_run(blocks: dict[str, NormBlock | None], *, steps_per_epoch: int, fraction: float) -> dict:
+def summarize_run(blocks: dict[str, NormBlock | None], *, steps_per_epoch: int, fraction: float,
+                  roles: dict[str, str] | None = None) -> dict:
     """``{kind: vanishing_summary(...)}`` for every block, plus the run's verdict.
+
+    ``roles`` (layer name -> role, as ``TrackedLayer.role``): the ratio compares the first and the last
+    main-path layer (``stem``/``main``); without roles, the first and the last tracked layer.
 
     ``vanishing`` is the activation-gradient verdict when there is one (it sees each layer's
     output, which is what vanishes), else the weight-gradient verdict, else None;
     ``vanishing_source`` names the kind it came from.
     """
     result: dict[str, Any] = {
-        kind: vanishing_summary(block, steps_per_epoch=steps_per_epoch, fraction=fraction)
+        kind: vanishing_summary(block, steps_per_epoch=steps_per_epoch, fraction=fraction,
+                                ends=_main_ends(block, roles))
         for kind, block in blocks.items()}
     source = next((k for k in ("activation", "weight")
                    if k in result and result[k]["vanishing"] is not None), None)
@@ -75,6 +88,14 @@ def summarize_run(blocks: dict[str, NormBlock | None], *, steps_per_epoch: int, 
     result["vanishing_source"] = source
     log.debug("run verdict: vanishing=%s from %s", result["vanishing"], source)
     return result
+
+
+def _main_ends(block: NormBlock | None, roles: dict[str, str] | None) -> tuple[int, int] | None:
+    """Columns of the first and last main-path layer of ``block`` (None: use the first and last)."""
+    if block is None or not roles:
+        return None
+    main = [i for i, name in enumerate(block.layers) if roles.get(name) in ("stem", "main")]
+    return (main[0], main[-1]) if len(main) >= 2 else None
 
 
 def _ratio(means: np.ndarray) -> float | None:

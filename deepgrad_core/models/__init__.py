@@ -20,7 +20,7 @@ def build_model(spec: ModelSpec | dict[str, Any]) -> nn.Module:
 
     The resolved spec is attached as ``model.spec`` so results can record exactly what ran.
     """
-    spec = as_model_spec(spec).resolved()
+    spec = as_model_spec(spec)
     common = dict(kernel_size=spec.kernel_size, activation=spec.activation, batch_norm=spec.batch_norm,
                   bottleneck=spec.bottleneck, bottleneck_factor=spec.bottleneck_factor,
                   residual=spec.residual, width=spec.width, in_channels=spec.in_channels,

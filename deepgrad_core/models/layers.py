@@ -17,6 +17,18 @@ _GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "elu": "relu", "gelu":
               "tanh": "tanh", "sigmoid": "sigmoid"}
 
 
+# A tracked layer's role in its network, set by the builders (``tag``) and read by ``tracked_layers``.
+ROLE_ATTR = "deepgrad_role"
+ROLES = ("stem", "main", "reduce", "shortcut", "classifier")
+
+
+def tag(module: nn.Module, role: str) -> nn.Module:
+    """Mark ``module`` with its role (one of ``ROLES``); returns it."""
+    assert role in ROLES, role
+    setattr(module, ROLE_ATTR, role)
+    return module
+
+
 def make_activation(name: str) -> nn.Module:
     # Never in-place: a gradient hook on a conv's output must see that output, not a
     # tensor an in-place activation has overwritten.
@@ -60,10 +72,10 @@ class ConvUnit(nn.Module):
         mid = bottleneck_width(in_ch, out_ch, bottleneck_factor) if bottleneck_factor else None
         self.reduce = None
         if mid is not None:
-            self.reduce = nn.Sequential(conv(in_ch, mid, 1, bias=not batch_norm),
+            self.reduce = nn.Sequential(tag(conv(in_ch, mid, 1, bias=not batch_norm), "reduce"),
                                         *([nn.BatchNorm2d(mid)] if batch_norm else []),
                                         make_activation(activation))
-        self.conv = conv(mid or in_ch, out_ch, kernel_size, bias=True)
+        self.conv = tag(conv(mid or in_ch, out_ch, kernel_size, bias=True), "main")
         self.bn = nn.BatchNorm2d(out_ch) if batch_norm else nn.Identity()
         self.act = make_activation(activation)
         self.residual = residual and in_ch == out_ch
@@ -106,5 +118,5 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ConvUnit", "conv", "count_params", "init_weights", "make_activation", "make_pool", "scaled",
-           "bottleneck_width"]
+__all__ = ["ROLES", "ROLE_ATTR", "ConvUnit", "conv", "count_params", "init_weights", "make_activation", "make_pool",
+           "scaled", "bottleneck_width", "tag"]

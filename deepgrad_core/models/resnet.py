@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from deepgrad_core.models.layers import bottleneck_width, conv, make_activation, scaled
+from deepgrad_core.models.layers import bottleneck_width, conv, make_activation, scaled, tag
 
 
-def _conv_bn(in_ch: int, out_ch: int, k: int, stride: int, batch_norm: bool) -> list[nn.Module]:
-    return [conv(in_ch, out_ch, k, stride=stride, bias=not batch_norm),
+def _conv_bn(in_ch: int, out_ch: int, k: int, stride: int, batch_norm: bool, role: str) -> list[nn.Module]:
+    return [tag(conv(in_ch, out_ch, k, stride=stride, bias=not batch_norm), role),
             *([nn.BatchNorm2d(out_ch)] if batch_norm else [])]
 
 
@@ -22,9 +22,9 @@ def _maybe_reduced_conv(in_ch: int, out_ch: int, *, k: int, stride: int, batch_n
     """kxk conv (+bn), preceded by a 1x1 channel reduction (+bn, act) when ``bottleneck_factor``."""
     mid = bottleneck_width(in_ch, out_ch, bottleneck_factor) if bottleneck_factor else None
     if mid is None:
-        return nn.Sequential(*_conv_bn(in_ch, out_ch, k, stride, batch_norm))
-    return nn.Sequential(*_conv_bn(in_ch, mid, 1, 1, batch_norm), make_activation(activation),
-                         *_conv_bn(mid, out_ch, k, stride, batch_norm))
+        return nn.Sequential(*_conv_bn(in_ch, out_ch, k, stride, batch_norm, "main"))
+    return nn.Sequential(*_conv_bn(in_ch, mid, 1, 1, batch_norm, "reduce"), make_activation(activation),
+                         *_conv_bn(mid, out_ch, k, stride, batch_norm, "main"))
 
 
 class BasicBlock(nn.Module):
@@ -42,7 +42,7 @@ class BasicBlock(nn.Module):
         self.residual = residual
         self.shortcut: nn.Module | None = None
         if residual and (stride != 1 or in_ch != planes):
-            self.shortcut = nn.Sequential(*_conv_bn(in_ch, planes, 1, stride, batch_norm))
+            self.shortcut = nn.Sequential(*_conv_bn(in_ch, planes, 1, stride, batch_norm, "shortcut"))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(self.act1(self.conv1(x)))
@@ -59,7 +59,7 @@ class ResNet(nn.Module):
         block_opts = dict(kernel_size=kernel_size, batch_norm=batch_norm, activation=activation,
                           residual=residual, bottleneck_factor=bottleneck_factor if bottleneck else None)
         stem = scaled(64, width)
-        self.conv1 = nn.Sequential(*_conv_bn(in_channels, stem, kernel_size, 1, batch_norm))
+        self.conv1 = nn.Sequential(*_conv_bn(in_channels, stem, kernel_size, 1, batch_norm, "stem"))
         self.act1 = make_activation(activation)
         stages, in_ch = [], stem
         for i, blocks in enumerate(layers):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from deepgrad_core.models.layers import ConvUnit, make_activation, make_pool, scaled
+from deepgrad_core.models.layers import ConvUnit, make_activation, make_pool, scaled, tag
 
 # Five blocks of convs separated by pooling ("M").
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -62,6 +62,7 @@ def _vgg(cfg: list[int | str], *, kernel_size: int, pooling: str, activation: st
                                activation=activation, residual=residual,
                                bottleneck_factor=bottleneck_factor if bottleneck else None))
         channels = out
+    tag(next(unit for unit in layers if isinstance(unit, ConvUnit)).conv, "stem")  # the first conv meets the image
     return VGG(nn.Sequential(*layers), channels, num_classes, hidden=scaled(512, width),
                dropout=dropout, activation=activation)
 

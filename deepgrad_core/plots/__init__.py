@@ -7,8 +7,9 @@ threads may render at once. The server serves these as PNG; the CLI saves them.
     job = JobData.from_result(result, "vgg-deep")
     png = to_png(render_job("heatmap", job, norm_kind="activation"))
 
-Per job (``JOB_KINDS``): ``norms``, ``selected``, ``heatmap``, ``depth``, ``metrics``, ``filters``,
-``cost``; across jobs (``COMPARE_KINDS``): ``metrics``, ``depth``, ``filters``. A bad kind or
+Per job (``JOB_KINDS``): ``norms``, ``selected``, ``heatmap``, ``depth``, ``ratio``, ``metrics``,
+``filters``, ``cost``; across jobs (``COMPARE_KINDS``): ``metrics``, ``depth``, ``ratio``, ``filters``,
+``cost``. A run folder of ``deepgrad-train`` loads with ``JobData.from_run_dir``. A bad kind or
 parameter raises ``PlotParameterError`` (a ValueError carrying the parameter's name) naming the allowed
 values; data a figure needs but the job does not have (yet) raise ``PlotDataError``, a ValueError subclass.
 """

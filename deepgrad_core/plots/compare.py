@@ -7,10 +7,11 @@ import math
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from deepgrad_core.plots.canvas import empty_panel, job_label, log_axis, new_figure, plain_text, set_title
 from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
-from deepgrad_core.plots.metrics import epoch_series, style_epoch_axis
+from deepgrad_core.plots.metrics import PANELS, SPLIT_STYLES, chance_handle, epoch_series, style_epoch_axis, style_panel
 from deepgrad_core.plots.model import draw_filters, require_filters
 from deepgrad_core.plots.series import Hidden
 
@@ -25,32 +26,43 @@ def _left_out(jobs: list[JobData], why: str) -> str:
 
 
 def compare_metrics_figure(jobs: list[JobData]) -> Figure:
-    """Test accuracy and test loss per epoch, one line per job."""
+    """Loss and accuracy per epoch, train (dashed) and test (solid), one colour per job, with chance levels."""
     shown = [j for j in jobs if j.history]
     if not shown:
         raise PlotDataError("none of the jobs has a finished epoch yet: no metrics to compare")
-    fig = new_figure()
+    fig = new_figure(figsize=(11.0, 5.0))
     axes = fig.subplots(1, 2)
     hidden = Hidden()
-    for i, job in enumerate(jobs):
-        if not job.history:
-            continue
-        for ax, key in zip(axes, ("test_acc", "test_loss"), strict=True):
-            epochs, values, h = epoch_series(job.history, key)
-            hidden += h
-            ax.plot(epochs, values, color=_color(i), marker="o" if len(epochs) < 30 else None, markersize=3,
-                    label=job_label(job))
-    for ax, label in zip(axes, ("test accuracy (%)", "test loss"), strict=True):
+    classes = {j.num_classes for j in shown if j.num_classes}
+    notes = []
+    for ax, (key, label) in zip(axes, PANELS, strict=True):
+        drawn = []
+        for i, job in enumerate(jobs):
+            if not job.history:
+                continue
+            for split, style in SPLIT_STYLES:
+                epochs, values, h = epoch_series(job.history, f"{split}_{key}")
+                hidden += h
+                drawn.append(values)
+                ax.plot(epochs, values, style, color=_color(i), marker="o" if len(epochs) < 30 else None,
+                        markersize=3, label=job_label(job) if split == "test" else None)
+        notes.append(style_panel(ax, key, drawn, next(iter(classes)) if len(classes) == 1 else None))
         ax.set_ylabel(label)
         style_epoch_axis(ax, max(len(j.history) for j in jobs))
-    axes[0].legend(loc="best", fontsize=9)
-    set_title(fig, f"test metrics of {len(shown)} job{'s' if len(shown) > 1 else ''}",
-              [_left_out([j for j in jobs if not j.history], "no finished epoch"), hidden.note()])
+    styles = [Line2D([], [], color="0.3", linestyle=s, label=split) for split, s in SPLIT_STYLES]
+    handles, _ = axes[0].get_legend_handles_labels()
+    axes[0].legend(handles=handles, loc="best", fontsize=8, title="job", title_fontsize=9)
+    axes[1].legend(handles=styles + chance_handle(next(iter(classes)) if len(classes) == 1 else None),
+                   loc="best", fontsize=8)
+    set_title(fig, f"training metrics of {len(shown)} job{'s' if len(shown) > 1 else ''}",
+              [_left_out([j for j in jobs if not j.history], "no finished epoch"), *notes, hidden.note()])
     return fig
 
 
-def _epoch_profile(job: JobData, norm_kind: str, epoch: int | None) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """(0-based epoch, relative depth 0..1, mean norm) per layer in ``epoch`` (None: the last); None if absent."""
+def _epoch_profile(job: JobData, norm_kind: str, epoch: int | None,
+                   main_path: bool) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(0-based epoch, relative depth 0..1, mean norm) per layer in ``epoch`` (None: the last); None if absent.
+    ``main_path``: the stem and main-path convs only, placed by their position on that path."""
     block = job.series.get(norm_kind)
     if block is None or len(block) == 0:
         return None
@@ -58,13 +70,22 @@ def _epoch_profile(job: JobData, norm_kind: str, epoch: int | None) -> tuple[int
     epoch = present[-1] if epoch is None else epoch
     if epoch not in present:
         return None
-    depths = np.array([job.depth_of(name, c) for c, name in enumerate(block.layers)], dtype=np.float64)
+    names = list(block.layers)
+    cols = list(range(len(names)))
+    if main_path and job.main_path(block.layers):
+        main = set(job.main_path(block.layers))
+        cols = [c for c, n in enumerate(names) if n in main]
+        depths = np.arange(len(cols), dtype=np.float64)
+    else:
+        depths = np.array([job.depth_of(name, c) for c, name in enumerate(names)], dtype=np.float64)
     relative = (depths - depths.min()) / max(depths.max() - depths.min(), 1)
-    return epoch, relative, means[present.index(epoch)]
+    return epoch, relative, means[present.index(epoch)][cols]
 
 
-def compare_depth_figure(jobs: list[JobData], *, norm_kind: str, epochs: list[int] | None) -> Figure:
-    """Mean norm in one epoch (each job's last by default) against relative depth 0..1, one line per job."""
+def compare_depth_figure(jobs: list[JobData], *, norm_kind: str, epochs: list[int] | None,
+                         main_path: bool = False) -> Figure:
+    """Mean norm in one epoch (each job's last by default) against relative depth 0..1, one line per job;
+    ``main_path``: the stem and main-path convs only (VGG and ResNet line up conv by conv)."""
     if epochs is not None and len(epochs) != 1:
         raise PlotParameterError("epochs", "compare depth draws one epoch per job: pass at most one epoch, "
                                            f"got {epochs}")
@@ -72,7 +93,7 @@ def compare_depth_figure(jobs: list[JobData], *, norm_kind: str, epochs: list[in
     ax = fig.add_subplot()
     missing, drawn = [], 0
     for i, job in enumerate(jobs):
-        found = _epoch_profile(job, norm_kind, epochs[0] - 1 if epochs else None)
+        found = _epoch_profile(job, norm_kind, epochs[0] - 1 if epochs else None, main_path)
         if found is None:
             missing.append(job)
             continue
@@ -85,7 +106,8 @@ def compare_depth_figure(jobs: list[JobData], *, norm_kind: str, epochs: list[in
         raise PlotDataError(f"none of the jobs has {norm_kind} gradient norms for {which}")
     log_axis(ax, "y")
     ax.set_xlim(-0.03, 1.03)
-    ax.set_xlabel("relative depth (0 = first tracked layer, 1 = last)")
+    ax.set_xlabel("relative depth on the main path (0 = stem conv, 1 = last conv)" if main_path else
+                  "relative depth (0 = first tracked layer, 1 = last)")
     ax.set_ylabel(f"mean {norm_kind} gradient L2 norm")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=9)

@@ -37,6 +37,7 @@ class JobData:
     (``TrainResult.history``, ``epoch`` 0-based). ``cost``: ``CostReport.to_dict()``. ``filters``: the
     first conv layer's filters as ``first_layer_filters`` returns them, ``[N, kh, kw, C]`` with C 1 or 3.
     ``state``: the job's state (``succeeded``, ``running``, ...), shown in titles unless ``succeeded``.
+    ``filters_init``: the same filters at initialization; ``num_classes``: the task's classes (chance level).
     """
 
     name: str
@@ -47,6 +48,10 @@ class JobData:
     cost: dict[str, Any] | None = None
     filters: np.ndarray | None = None
     state: str = "succeeded"
+    # The first conv layer's filters at initialization, as ``filters`` (learned ones are drawn beside them).
+    filters_init: np.ndarray | None = None
+    num_classes: int | None = None  # for the chance level of the metrics
+    vanishing_fraction: float = 1e-3  # the job's threshold of the first/last ratio (``tracking``)
     # Per-epoch means of a norm kind computed where the series is (a store streams them): kind -> (0-based
     # epochs, [epochs x layers] means, steps with a NaN/inf). Figures use them instead of ``series``' rows.
     epoch_means: dict[str, tuple[list[int], np.ndarray, int]] = field(default_factory=dict)
@@ -58,13 +63,16 @@ class JobData:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
 
     @classmethod
-    def from_result(cls, result: Any, name: str, cost: Any = None, filters: np.ndarray | None = None) -> JobData:
+    def from_result(cls, result: Any, name: str, cost: Any = None, filters: np.ndarray | None = None,
+                    filters_init: np.ndarray | None = None) -> JobData:
         """From a ``TrainResult``; ``cost`` may be a ``CostReport`` or its ``to_dict()``."""
         if cost is not None and hasattr(cost, "to_dict"):
             cost = cost.to_dict()
         return cls(name=name, layers=list(result.layers), steps_per_epoch=result.steps_per_epoch,
                    series={k: b for k, b in result.norms.items() if b is not None},
-                   history=list(result.history), cost=cost, filters=filters, state=result.status)
+                   history=list(result.history), cost=cost, filters=filters, state=result.status,
+                   filters_init=filters_init, num_classes=result.spec.model.num_classes,
+                   vanishing_fraction=result.spec.tracking.vanishing_fraction)
 
     def block(self, kind: str) -> NormBlock:
         """The ``kind`` norms, or PlotDataError when none were recorded yet."""
@@ -74,6 +82,17 @@ class JobData:
             hint = f"recorded: {recorded}" if recorded else "no norms recorded yet"
             raise PlotDataError(f"job {self.name!r} has no {kind} gradient norms ({hint})")
         return block
+
+    def roles(self) -> dict[str, str]:
+        """Layer name -> role; for layers recorded before roles existed: linear layers ``classifier``, convs
+        ``main``."""
+        return {la["name"]: la.get("role") or ("classifier" if la.get("kind") == "linear" else "main")
+                for la in self.layers if "name" in la}
+
+    def main_path(self, names: tuple[str, ...]) -> list[str]:
+        """The main-path layers (stem and main convs) among ``names``, in their order."""
+        roles = self.roles()
+        return [n for n in names if roles.get(n, "main") in ("stem", "main")]
 
     def depth_of(self, layer: str, default: int) -> int:
         """A layer's depth as the tracker numbered it (``default`` for a name it does not know)."""

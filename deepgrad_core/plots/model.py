@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from deepgrad_core.plots.canvas import job_title, log_axis, new_figure, set_title
+from deepgrad_core.plots.canvas import job_label, job_title, log_axis, new_figure, set_title
 from deepgrad_core.plots.job import JobData, PlotDataError
 
 
@@ -45,15 +45,38 @@ def draw_filters(ax: Axes, filters: np.ndarray, *, ncols: int | None = None) -> 
 
 
 def filters_figure(job: JobData) -> Figure:
-    """The first conv layer's filters as a grid of images."""
+    """The first conv layer's filters as a grid of images, beside the same filters at initialization.
+
+    Drawn side by side because after a few epochs learned filters often still look like their random start:
+    the note gives how far they moved, ||learned - initial|| / ||initial||."""
     filters = require_filters(job)
     n, kh, kw, c = filters.shape
-    fig = new_figure(figsize=(7.0, 7.0))
-    draw_filters(fig.add_subplot(), filters)
     colour = "RGB" if c == 3 else "grayscale"
-    set_title(fig, job_title(job, "first conv layer filters"),
-              [f"{n} filters of {kh}x{kw}, {colour}, each scaled to its own min..max"])
+    init = job.filters_init
+    if init is None or np.shape(init) != filters.shape:
+        fig = new_figure(figsize=(7.0, 7.0))
+        draw_filters(fig.add_subplot(), filters)
+        set_title(fig, job_title(job, "first conv layer filters"),
+                  [f"{n} filters of {kh}x{kw}, {colour}, each scaled to its own min..max"])
+        return fig
+    fig = new_figure(figsize=(12.0, 6.6))
+    left, right = fig.subplots(1, 2)
+    draw_filters(left, np.asarray(init, np.float32))
+    left.set_title("at initialization", fontsize=10)
+    draw_filters(right, filters)
+    epochs = len(job.history)
+    right.set_title(f"learned (after {epochs} epoch{'s' if epochs != 1 else ''})", fontsize=10)
+    set_title(fig, job_title(job, "first conv layer filters, initial and learned"),
+              [f"{n} filters of {kh}x{kw}, {colour}, each scaled to its own min..max; the learned patterns differ "
+               f"from the initial ones by {filter_change(np.asarray(init, np.float64), filters.astype(np.float64)):.1%}"
+               " (||learned - initial|| / ||initial||)"])
     return fig
+
+
+def filter_change(init: np.ndarray, learned: np.ndarray) -> float:
+    """||learned - initial|| / ||initial|| over all filters (NaN when undefined)."""
+    base = float(np.linalg.norm(init))
+    return float(np.linalg.norm(learned - init)) / base if base > 0 and np.isfinite(base) else float("nan")
 
 
 def _si(total: float) -> str:
@@ -64,8 +87,11 @@ def _si(total: float) -> str:
     return f"{total:.3g}"
 
 
+FLOPS_LABEL = "FLOPs per image (1 multiply-add = 2 FLOPs)"
+
+
 def cost_figure(job: JobData) -> Figure:
-    """Parameters and FLOPs per tracked layer, side by side, on log axes (they span orders of magnitude)."""
+    """Parameters and FLOPs per conv and linear layer, side by side, on log axes (they span orders of magnitude)."""
     layers: list[dict[str, Any]] = (job.cost or {}).get("layers") or []
     if not layers:
         raise PlotDataError(f"job {job.name!r} has no cost report")
@@ -74,19 +100,55 @@ def cost_figure(job: JobData) -> Figure:
     axes = fig.subplots(1, 2, sharey=True)
     rows = np.arange(len(names))
     for ax, key, label, color in ((axes[0], "params", "parameters", "tab:blue"),
-                                  (axes[1], "flops", "FLOPs per image", "tab:orange")):
+                                  (axes[1], "flops", FLOPS_LABEL, "tab:orange")):
         values = np.array([float(la.get(key) or 0) for la in layers])
         ax.barh(rows, np.where(values > 0, values, np.nan), color=color)
         log_axis(ax, "x")
         ax.set_xlabel(label)
-        ax.set_title(f"{label} (tracked layers: {_si(values.sum())})", fontsize=10)
+        ax.set_title(f"{label.split(' (')[0]}: {_si(values.sum())} in these layers", fontsize=10)
         ax.grid(True, axis="x", which="major", alpha=0.3)
     axes[0].set_yticks(rows, names, fontsize=8)
     axes[0].invert_yaxis()  # input side at the top
-    axes[0].set_ylabel("layer")
+    axes[0].set_ylabel("layer (conv and linear, input side at the top)")
     cost = job.cost or {}
     whole = [f"{_si(cost['total_params'])} parameters" if cost.get("total_params") else "",
-             f"{_si(cost['flops_per_image'])} FLOPs per image" if cost.get("flops_per_image") else ""]
+             f"{_si(cost['flops_per_image'])} FLOPs per image (= {_si(cost['flops_per_image'] / 2)} multiply-adds)"
+             if cost.get("flops_per_image") else ""]
     whole = [w for w in whole if w]
-    set_title(fig, job_title(job, "cost per tracked layer"), ["whole model: " + ", ".join(whole)] if whole else [])
+    set_title(fig, job_title(job, "cost per conv and linear layer"),
+              ["whole model: " + ", ".join(whole)] if whole else [])
+    return fig
+
+
+# What the cost comparison shows, per model: key in the cost report, axis label, colour.
+COST_MEASURES = (("total_params", "parameters", "tab:blue"), ("flops_per_image", FLOPS_LABEL, "tab:orange"),
+                 ("activation_bytes_per_image", "activation memory per image (bytes, training)", "tab:green"),
+                 ("peak_train_step_bytes", "peak GPU memory of a training step (bytes)", "tab:red"))
+
+
+def compare_cost_figure(jobs: list[JobData]) -> Figure:
+    """The original study's cost table as bars: parameters, FLOPs, memory of each model side by side."""
+    have = [j for j in jobs if j.cost]
+    if not have:
+        raise PlotDataError("none of the jobs has a cost report yet (it is written when a job starts)")
+    measures = [m for m in COST_MEASURES if any((j.cost or {}).get(m[0]) for j in have)]
+    fig = new_figure(figsize=(4.0 * len(measures), max(3.2, 1.4 + 0.45 * len(have))))
+    axes = np.atleast_1d(fig.subplots(1, len(measures), sharey=True))
+    rows = np.arange(len(have))
+    for ax, (key, label, color) in zip(axes, measures, strict=True):
+        values = np.array([float((j.cost or {}).get(key) or 0) for j in have])
+        bars = ax.barh(rows, np.where(values > 0, values, np.nan), color=color)
+        for bar, value in zip(bars, values, strict=True):
+            if value > 0:
+                ax.annotate(_si(value), (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=8)
+        ax.set_xlabel(label, fontsize=9)
+        ax.set_xlim(0, values.max() * 1.35 if values.max() > 0 else 1)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(rows, [job_label(j) for j in have], fontsize=8)
+    axes[0].invert_yaxis()
+    missing = [j.name for j in jobs if not j.cost]
+    set_title(fig, f"cost of {len(have)} model{'s' if len(have) > 1 else ''}",
+              ["1 multiply-add = 2 FLOPs (ResNet-18 at 32x32: 0.56 G multiply-adds = 1.11 GFLOPs)",
+               f"no cost report yet: {', '.join(missing)}" if missing else ""])
     return fig

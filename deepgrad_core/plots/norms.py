@@ -131,8 +131,7 @@ def selected_figure(job: JobData, *, norm_kind: str, layers: list[str] | None, s
     """A few layers' norms over steps, with a legend: by default the 2nd, 5th, 8th and deepest conv."""
     block = job.block(norm_kind)
     if layers is None:
-        kinds = {la["name"]: la.get("kind", "conv") for la in job.layers}
-        layers = default_selected(block.layers, kinds)
+        layers = default_selected(block.layers, job.roles())
     cols = columns(block, layers)
     left, _, top, bottom = _LINE_MARGINS
     fig = new_figure(margins=(left, 1.75, top, bottom))  # the legend's "conv13 (depth 12)" is wider than a colorbar
@@ -197,9 +196,13 @@ def pick_epochs(present: list[int], epochs: list[int] | None, job: JobData) -> l
     return [e - 1 for e in dict.fromkeys(epochs)]
 
 
-def depth_figure(job: JobData, *, norm_kind: str, layers: list[str] | None, epochs: list[int] | None) -> Figure:
-    """Mean norm per layer against depth, one line per chosen epoch (first, middle, last by default)."""
+def depth_figure(job: JobData, *, norm_kind: str, layers: list[str] | None, epochs: list[int] | None,
+                 main_path: bool = False) -> Figure:
+    """Mean norm per layer against depth, one line per chosen epoch (first, middle, last by default);
+    ``main_path``: the stem and main-path convs only."""
     block = job.block(norm_kind)
+    if main_path and layers is None:
+        layers = job.main_path(block.layers) or None
     cols = columns(block, layers)
     present, means, bad_steps = job.means(norm_kind)
     chosen = pick_epochs(present, epochs, job)

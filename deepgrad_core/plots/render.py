@@ -8,13 +8,14 @@ from deepgrad_core.norms import KINDS
 from deepgrad_core.plots.compare import compare_depth_figure, compare_filters_figure, compare_metrics_figure
 from deepgrad_core.plots.job import JobData, PlotParameterError
 from deepgrad_core.plots.metrics import metrics_figure
-from deepgrad_core.plots.model import cost_figure, filters_figure
+from deepgrad_core.plots.model import compare_cost_figure, cost_figure, filters_figure
 from deepgrad_core.plots.norms import depth_figure, heatmap_figure, norms_figure, selected_figure
+from deepgrad_core.plots.ratio import compare_ratio_figure, ratio_figure
 
-JOB_KINDS = ("norms", "selected", "heatmap", "depth", "metrics", "filters", "cost")
-COMPARE_KINDS = ("metrics", "depth", "filters")
+JOB_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")
+COMPARE_KINDS = ("metrics", "depth", "ratio", "filters", "cost")
 # The whole model's norm is one series: it has no layers to select, stack or place along depth.
-_PER_LAYER_ONLY = ("selected", "heatmap", "depth")
+_PER_LAYER_ONLY = ("selected", "heatmap", "depth", "ratio")
 MAX_POINTS_RANGE = (10, 100_000)
 MAX_SMOOTH = 10_000
 MAX_COMPARE_JOBS = 12
@@ -40,12 +41,14 @@ def _check(kind: str, allowed: tuple[str, ...], *, norm_kind: str, smooth: int, 
 
 
 def render_job(kind: str, job: JobData, *, norm_kind: str = "weight", layers: list[str] | None = None,
-               epochs: list[int] | None = None, smooth: int = 0, max_points: int = 2000) -> Figure:
+               epochs: list[int] | None = None, smooth: int = 0, max_points: int = 2000,
+               main_path: bool = False) -> Figure:
     """One job's figure of ``kind`` (one of ``JOB_KINDS``).
 
     ``norm_kind``, ``layers`` (names, e.g. ``["conv2", "conv5"]``), ``smooth`` (moving-average window in
     records) and ``max_points`` (per line, min/max downsampled) apply to the norm kinds; ``epochs``
-    (numbered from 1, as the figures label them) to ``depth``. Raises ValueError for a bad kind or
+    (numbered from 1, as the figures label them) and ``main_path`` (only the stem and main-path convs, no
+    1x1 reducer or shortcut, unless ``layers`` says otherwise) to ``depth``. Raises ValueError for a bad kind or
     parameter, PlotDataError (a ValueError) when the job lacks the data the figure needs.
     """
     _check(kind, JOB_KINDS, norm_kind=norm_kind, smooth=smooth, max_points=max_points, epochs=epochs)
@@ -57,7 +60,9 @@ def render_job(kind: str, job: JobData, *, norm_kind: str = "weight", layers: li
     if kind == "heatmap":
         return heatmap_figure(job, **series)
     if kind == "depth":
-        return depth_figure(job, norm_kind=norm_kind, layers=layers, epochs=epochs)
+        return depth_figure(job, norm_kind=norm_kind, layers=layers, epochs=epochs, main_path=main_path)
+    if kind == "ratio":
+        return ratio_figure(job)
     if kind == "metrics":
         return metrics_figure(job)
     if kind == "filters":
@@ -66,13 +71,18 @@ def render_job(kind: str, job: JobData, *, norm_kind: str = "weight", layers: li
 
 
 def render_compare(kind: str, jobs: list[JobData], *, norm_kind: str = "weight",
-                   epochs: list[int] | None = None) -> Figure:
-    """Several jobs on one figure: ``metrics``, ``depth`` (one epoch, each job's last by default) or ``filters``."""
+                   epochs: list[int] | None = None, main_path: bool = False) -> Figure:
+    """Several jobs on one figure: ``metrics`` (train and test), ``depth`` (one epoch, each job's last by default),
+    ``ratio`` (first/last main-path layer per epoch), ``filters`` or ``cost`` (parameters, FLOPs, memory)."""
     _check(kind, COMPARE_KINDS, norm_kind=norm_kind, smooth=0, max_points=MAX_POINTS_RANGE[0], epochs=epochs)
     if not 1 <= len(jobs) <= MAX_COMPARE_JOBS:
         raise PlotParameterError("ids", f"compare needs 1..{MAX_COMPARE_JOBS} jobs, got {len(jobs)}")
     if kind == "metrics":
         return compare_metrics_figure(jobs)
     if kind == "depth":
-        return compare_depth_figure(jobs, norm_kind=norm_kind, epochs=epochs)
+        return compare_depth_figure(jobs, norm_kind=norm_kind, epochs=epochs, main_path=main_path)
+    if kind == "ratio":
+        return compare_ratio_figure(jobs, norm_kind=norm_kind)
+    if kind == "cost":
+        return compare_cost_figure(jobs)
     return compare_filters_figure(jobs)

@@ -88,10 +88,16 @@ def downsample_minmax(x: np.ndarray, values: np.ndarray, max_points: int) -> tup
 def binned_log10(steps: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, tuple[float, float]]:
     """``[L, bins]`` mean of log10(value) per layer over equal-width step bins, and the bins' step range.
 
-    Bins are equal in steps, not in samples, so the image's x axis is true even when steps are
-    uneven (a resumed run, sampled activation steps). NaN in ``values`` and empty bins stay NaN.
+    Bins are equal in steps, not in samples, so the image's x axis is true even when steps are uneven
+    (a resumed run, sampled activation steps). A sample stands for the steps up to the next one: a bin that
+    holds no sample takes the value of the sample whose interval covers it (activation norms sampled every
+    10th step fill the image rather than one column in ten). A gap over twice the usual interval is a hole,
+    left empty; NaN values stay NaN.
     """
     lo, hi = int(steps[0]), int(steps[-1]) + 1
+    gaps = np.diff(steps.astype(np.int64))
+    interval = int(np.median(gaps)) if len(gaps) else 1
+    hi = max(hi, int(steps[-1]) + interval)  # the last sample covers its interval too
     bins = max(1, min(bins, hi - lo))
     index = ((steps.astype(np.int64) - lo) * bins) // (hi - lo)
     logs = np.log10(np.where(np.isnan(values), 1.0, values))
@@ -100,15 +106,24 @@ def binned_log10(steps: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.n
     flat = (index[:, None] * layers + np.arange(layers)[None, :]).reshape(-1)
     sums = np.bincount(flat, weights=np.where(present, logs, 0.0).reshape(-1), minlength=bins * layers)
     counts = np.bincount(flat, weights=present.reshape(-1).astype(np.float64), minlength=bins * layers)
-    means = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
-    return means.reshape(bins, layers).T, (float(lo), float(hi))
+    means = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0).reshape(bins, layers)
+    empty = np.bincount(index, minlength=bins) == 0
+    if empty.any():
+        centres = lo + (np.flatnonzero(empty) + 0.5) * (hi - lo) / bins
+        owner = np.searchsorted(steps, centres, side="right") - 1  # the last sample at or before the centre
+        span = np.minimum(np.r_[gaps, interval], 2 * interval)  # how far each sample reaches
+        covered = (owner >= 0) & (centres < steps[np.maximum(owner, 0)] + span[np.maximum(owner, 0)])
+        fill = np.where(present[owner], logs[owner], np.nan)
+        means[np.flatnonzero(empty)[covered]] = fill[covered]
+    return means.T, (float(lo), float(hi))
 
 
-def default_selected(layers: tuple[str, ...], kinds: dict[str, str]) -> list[str]:
-    """The original study's view: the 2nd, 5th, 8th and deepest conv layer (those that exist).
+def default_selected(layers: tuple[str, ...], roles: dict[str, str]) -> list[str]:
+    """The original study's view: the 2nd, 5th, 8th and deepest main-path conv layer (those that exist).
 
-    ``kinds`` maps layer name -> ``conv``/``linear``; a name it lacks counts as a conv.
+    ``roles`` maps layer name -> role (``stem``, ``main``, ``reduce``, ``shortcut``, ``classifier``); a name
+    it lacks counts as main path. A 1x1 shortcut or reducer is never "the 8th conv".
     """
-    convs = [name for name in layers if kinds.get(name, "conv") == "conv"] or list(layers)
-    picked = [convs[i] for i in (1, 4, 7) if i < len(convs)] + [convs[-1]]
+    main = [name for name in layers if roles.get(name, "main") in ("stem", "main")] or list(layers)
+    picked = [main[i] for i in (1, 4, 7) if i < len(main)] + [main[-1]]
     return list(dict.fromkeys(picked))

@@ -142,16 +142,11 @@ def _splits(spec: ExperimentSpec, root: str | Path | None, train_data: ImageSpli
     return splits[0], splits[1]
 
 
-def _resolved(spec: ExperimentSpec) -> ExperimentSpec:
-    """The spec with the model family's defaults written out, as checkpoints and the CLI record it."""
-    return spec.model_copy(update={"model": spec.model.resolved()})
-
-
 def _resume(run: _Run, path: Path) -> int:
     """Restore weights, optimizer, scaler, history and norms from ``path``; return the next epoch."""
     meta = read_meta(path)
     try:
-        same = _resolved(ExperimentSpec.model_validate(meta["spec"])) == _resolved(run.spec)
+        same = ExperimentSpec.model_validate(meta["spec"]) == run.spec  # validated specs are resolved
     except ValueError:  # a spec this version no longer accepts
         same = False
     if not same:
@@ -250,7 +245,7 @@ class _Run:
                 save_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                                 norms={k: concat_blocks(v) for k, v in self.blocks.items()},
                                 meta={"epoch": epoch, "history": self.history,
-                                      "spec": _resolved(self.spec).model_dump(mode="json")})
+                                      "spec": self.spec.model_dump(mode="json")})
         return "succeeded"
 
     def train_epoch(self, epoch: int, loader: DeviceLoader) -> dict[str, Any]:
@@ -339,8 +334,8 @@ class _Run:
         norms = {k: concat_blocks(v) for k, v in self.blocks.items()}
         return TrainResult(spec=self.spec, status=status, history=self.history, norms=norms,
                            steps_per_epoch=self.steps_per_epoch, start_step=start_step,
-                           layers=[{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
-                                   for la in self.tracker.layers],
+                           layers=[la.to_dict() for la in self.tracker.layers],
                            diverged_at_step=self.diverged_at, environment=environment(device),
                            summary=summarize_run(norms, steps_per_epoch=self.steps_per_epoch,
-                                                 fraction=self.spec.tracking.vanishing_fraction))
+                                                 fraction=self.spec.tracking.vanishing_fraction,
+                                                 roles={la.name: la.role for la in self.tracker.layers}))

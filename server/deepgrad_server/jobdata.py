@@ -142,20 +142,25 @@ def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *,
             series[kind], recorded[kind] = found
     with db.reading() as s:
         history = store.epochs(s, job_id=job.id)
+        filters_init = store.get_array(s, job_id=job.id, name="filters_init")
+    spec = job.spec or {}
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),
-                   state=job.state, epoch_means=means, recorded=recorded)
+                   state=job.state, epoch_means=means, recorded=recorded, filters_init=filters_init,
+                   num_classes=(spec.get("model") or {}).get("num_classes", 10),
+                   vanishing_fraction=(spec.get("tracking") or {}).get("vanishing_fraction", 1e-3))
 
 
 def layer_info(job: Job, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
-    """Name, module path, depth and relative depth (0 first tracked layer, 1 last) of each named layer."""
+    """Name, module path, role, depth and relative depth (0 first tracked layer, 1 last) of each named layer."""
     known = {la["name"]: la for la in job.layers or []}
     count = len(known)
     out = []
     for i, name in enumerate(names):
         la = known.get(name, {})
         depth = int(la.get("depth", i))
-        out.append({"name": name, "path": la.get("path"), "depth": depth,
+        role = la.get("role") or ("classifier" if la.get("kind") == "linear" else "main")
+        out.append({"name": name, "path": la.get("path"), "role": role, "depth": depth,
                     "relative_depth": depth / (count - 1) if count > 1 else 0.0})
     return out
 

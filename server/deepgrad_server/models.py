@@ -73,3 +73,16 @@ class EpochMetric(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class JobArray(Base):
+    """Arrays a job keeps besides its series, by name (``filters_init``: the first conv's filters at
+    initialization), as ``.npy`` bytes. A table of its own, so that a database from before it gains it."""
+
+    __tablename__ = "job_arrays"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -38,7 +38,7 @@ class JobFailure(Exception):
 
 
 def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None,
-         threads: int | None = None) -> None:
+         threads: int | None = None, cache_dir: str | None = None) -> None:
     """Entry point of the child process (``multiprocessing`` target)."""
     _die_with_parent()
     _first_to_go()
@@ -52,7 +52,7 @@ def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: 
     db = Database(database_url)
     try:
         run_job(db, job_id, data_root=Path(data_root), job_dir=Path(jobs_dir) / job_id, device=device,
-                should_stop=stop.is_set)
+                should_stop=stop.is_set, cache_dir=Path(cache_dir) if cache_dir else None)
     except JobFailure as failure:
         log.error("failed (%s): %s", failure.reason, failure.message)
         try:
@@ -87,10 +87,11 @@ def _first_to_go() -> None:
 
 
 def run_job(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
-            should_stop: Any) -> None:
+            should_stop: Any, cache_dir: Path | None = None) -> None:
     """Train the job and record it; raise ``JobFailure`` with a reason a user can act on."""
     try:
-        _run(db, job_id, data_root=data_root, job_dir=job_dir, device=device, should_stop=should_stop)
+        _run(db, job_id, data_root=data_root, job_dir=job_dir, device=device, should_stop=should_stop,
+             cache_dir=cache_dir)
     except JobFailure:
         raise
     except Exception as err:
@@ -133,7 +134,7 @@ def _is_disk_full(err: BaseException) -> bool:
 
 
 def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
-         should_stop: Any) -> None:
+         should_stop: Any, cache_dir: Path | None) -> None:
     import torch
 
     from deepgrad_core.analysis import cost_report, first_layer_filters
@@ -141,7 +142,7 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
     from deepgrad_core.device import choose_device
     from deepgrad_core.loader import batches_per_epoch
     from deepgrad_core.models import build_model, tracked_layers
-    from deepgrad_core.spec import DEFAULT_IMAGE_SIDE, ExperimentSpec
+    from deepgrad_core.spec import ExperimentSpec
     from deepgrad_core.training import seed_everything, train
     from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 
@@ -153,21 +154,20 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
         os.nice(NICE_ON_CPU)
     else:
         _check_device_memory(spec, dev)
-    splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed)
-              for name in ("train", "test")]
+    splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed,
+                         cache_dir=cache_dir) for name in ("train", "test")]
     seed_everything(spec.seed)
     model = build_model(spec.model).to(dev)
-    side = spec.data.image_size or DEFAULT_IMAGE_SIDE
-    cost = cost_report(model, (spec.model.in_channels, side, side), measure_peak=dev.type == "cuda",
+    cost = cost_report(model, spec.input_shape, measure_peak=dev.type == "cuda",
                        batch_size=min(spec.train.batch_size, 256))
-    layers = [{"name": la.name, "path": la.path, "kind": la.kind, "depth": la.depth}
-              for la in tracked_layers(model, spec.tracking.layer_types)]
+    layers = [la.to_dict() for la in tracked_layers(model, spec.tracking.layer_types)]
     steps_per_epoch = batches_per_epoch(len(splits[0]), spec.train.batch_size, train=True)
     with db.writing() as s:
         store.update_job(s, job_id=job_id, cost=strict_json(cost.to_dict()), layers=layers,
                          steps_per_epoch=steps_per_epoch)
         if not (job_dir / CHECKPOINT_NAME).exists():  # a fresh start: drop what an earlier attempt streamed
             store.truncate_from(s, job_id=job_id, step=0)
+            store.put_array(s, job_id=job_id, name="filters_init", array=first_layer_filters(model))
     progress = _Progress(db, job_id, spec, steps_per_epoch)
 
     def on_epoch(metrics: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from deepgrad_core.spec import ExperimentSpec
+from deepgrad_core.spec import ExperimentSpec, spec_changes
 from deepgrad_server.models import Job
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
@@ -66,6 +66,8 @@ class JobPublic(BaseModel):
     reason: str | None = None
     message: str | None = None
     spec: dict[str, Any]
+    changes: dict[str, Any] = Field(default_factory=dict, description="what the spec sets beyond the defaults of "
+                                    "its architecture and data set, as --set keys (model.kernel_size: 5)")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -99,6 +101,9 @@ class MetricsPublic(BaseModel):
 class LayerInfo(BaseModel):
     name: str
     path: str | None = None
+    role: Literal["stem", "main", "reduce", "shortcut", "classifier"] = Field(
+        "main", description="stem and main: the main path (conv1..convN); reduce: a 1x1 bottleneck conv before "
+                            "conv<N>; shortcut: a 1x1 projection shortcut; classifier: a linear layer")
     depth: int
     relative_depth: float
 
@@ -106,11 +111,23 @@ class LayerInfo(BaseModel):
 class SeriesPublic(BaseModel):
     job_id: str
     kind: Literal["weight", "activation", "global"]
-    total_steps: int = Field(description="recorded steps in the requested range, before downsampling")
+    records: int = Field(description="entries recorded in the requested range, before downsampling (activation "
+                                     "norms are sampled: one entry every tracking.activation_every steps)")
+    total_steps: int = Field(description="training steps from the range's first recorded step to its last, as in "
+                                         "progress.total_steps: the same meaning for every norm kind")
     downsampled: bool
     layers: list[LayerInfo]
     steps: list[int]
     values: list[list[float | None]] = Field(description="one list per layer, aligned with steps; NaN/inf: null")
+
+
+class CostPublic(BaseModel):
+    spec: dict[str, Any] = Field(description="the resolved spec")
+    cost: dict[str, Any] = Field(description="parameters, FLOPs (1 multiply-add = 2 FLOPs) and activation bytes "
+                                             "per image, per conv and linear layer, of the full-size model")
+    memory: dict[str, Any] = Field(description="estimated peak memory of the job (host, and device on a GPU), "
+                                               "by part; this server's budget for one job and whether it fits")
+    limit_errors: list[str] = Field(description="why POST /jobs would refuse this spec here (empty: it would not)")
 
 
 class ErrorMessage(BaseModel):
@@ -124,6 +141,7 @@ _ERROR_TEXT = {
     409: "not possible in the job's state (or an Idempotency-Key reused with another body)",
     413: "request body over the limit (DEEPGRAD_MAX_BODY_BYTES)",
     429: "the queue is full (DEEPGRAD_MAX_QUEUED)",
+    503: "too many figures or cost reports being computed; retry after Retry-After seconds",
 }
 
 
@@ -144,12 +162,20 @@ def _time(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
 
 
+def _changes(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return spec_changes(ExperimentSpec.model_validate(spec))
+    except ValueError:  # a spec an older version stored and this one refuses: shown as it is, no changes
+        return {}
+
+
 def job_public(job: Job) -> JobPublic:
     progress = dict(job.progress) if job.progress else None
     if progress is not None:
         progress["updated_at"] = _time(progress.get("updated_at"))
     return JobPublic(id=job.id, name=job.name, state=job.state, reason=job.reason, message=job.message,
-                     spec=job.spec, created_at=_time(job.created_at), started_at=_time(job.started_at),
+                     spec=job.spec, changes=_changes(job.spec), created_at=_time(job.created_at),
+                     started_at=_time(job.started_at),
                      finished_at=_time(job.finished_at), attempts=job.attempts, progress=progress,
                      environment=job.environment, final=job.final, summary=job.summary, cost=job.cost,
                      layers=job.layers, steps_per_epoch=job.steps_per_epoch, diverged_at_step=job.diverged_at_step)

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'deepgrad.db'}"
 
     @property
+    def cache_dir(self) -> Path:
+        """Decoded data sets (bounded: ``$DEEPGRAD_CACHE_MAX_GIB``, 2 GiB by default), never in the data root."""
+        return self.data_dir / "cache"
+
+    @property
     def jobs_dir(self) -> Path:
         """Per-job working folders (checkpoints)."""
         return self.data_dir / "jobs"

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deepgrad_core.norms import NormBlock
-from deepgrad_server.models import TERMINAL, EpochMetric, Job, NormChunk
+from deepgrad_server.models import TERMINAL, EpochMetric, Job, JobArray, NormChunk
 
 
 class QueueFull(Exception):
@@ -168,6 +168,7 @@ def running_jobs(s: Session) -> list[Job]:
 
 def delete_job(s: Session, *, job_id: str) -> None:
     s.execute(delete(NormChunk).where(NormChunk.job_id == job_id))
+    s.execute(delete(JobArray).where(JobArray.job_id == job_id))
     s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
     s.execute(delete(Job).where(Job.id == job_id))
 
@@ -335,6 +336,16 @@ def encode_array(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
+
+
+def put_array(s: Session, *, job_id: str, name: str, array: np.ndarray) -> None:
+    """Keep ``array`` under ``name`` for the job (replacing an earlier one)."""
+    s.execute(delete(JobArray).where(JobArray.job_id == job_id, JobArray.name == name))
+    s.add(JobArray(job_id=job_id, name=name, data=encode_array(array)))
+
+
+def get_array(s: Session, *, job_id: str, name: str) -> np.ndarray | None:
+    return decode_array(s.scalar(select(JobArray.data).where(JobArray.job_id == job_id, JobArray.name == name)))
 
 
 def decode_array(data: bytes | None) -> np.ndarray | None:

@@ -96,7 +96,7 @@ class Worker:
         oom_before = hostmem.oom_kills()
         proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{job_id}",
                                  args=(st.resolved_database_url, job_id, str(st.resolved_data_root),
-                                       str(st.jobs_dir), self.device, self.threads))
+                                       str(st.jobs_dir), self.device, self.threads, str(st.cache_dir)))
         proc.start()
         self._proc, self.current = proc, job_id
         term_sent: float | None = None

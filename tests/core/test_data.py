@@ -100,29 +100,55 @@ def test_load_split_cifar10_imagefolder(cifar10_root: Path) -> None:
 
 
 def test_load_split_cifar10_cache_hit(cifar10_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = load_split(CIFAR, "test", root=cifar10_copy)
-    assert (cifar10_copy / ".cache" / "cifar10-test.npz").is_file()
+    cache = cifar10_copy / "cache"
+    first = load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)
+    assert len(list(cache.glob("cifar10-test-*.npz"))) == 1 and not (cifar10_copy / ".cache").exists()
     calls = count_decodes(monkeypatch)
-    second = load_split(CIFAR, "test", root=cifar10_copy)
+    second = load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)
     assert calls == []
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
     assert second.classes == first.classes
 
 
+def test_load_split_cifar10_subset_decodes_only_its_images(cifar10_copy: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job with data.subset=150 decoded all 50,000 training images (34 s) and wrote a 177 MB cache into the
+    data root: a subset decodes its own images only, the same ones a whole decode would have picked."""
+    cache = cifar10_copy / "cache"
+    whole = load_split(CIFAR, "train", root=cifar10_copy, cache_dir=cache)
+    calls = count_decodes(monkeypatch)
+    subset = load_split(CIFAR.model_copy(update={"subset": 7}), "train", root=cifar10_copy, cache_dir=cache / "x",
+                        seed=3)
+    assert len(calls) == 70 and len(subset) == 70 and not (cache / "x").exists()
+    keep = data.select_per_class(whole.labels.numpy(), 7, seed=3, salt="train")
+    assert torch.equal(subset.images, whole.images[keep]) and torch.equal(subset.labels, whole.labels[keep])
+
+
+def test_load_split_cache_is_bounded(cifar10_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = cifar10_copy / "cache"
+    (cache).mkdir()
+    old = cache / "cifar10-train-0123456789ab.npz"
+    old.write_bytes(b"x" * 600_000)
+    os.utime(old, (1, 1))  # the least recently used
+    monkeypatch.setenv("DEEPGRAD_CACHE_MAX_GIB", str(700_000 / 2**30))
+    load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)  # ~600 KB more: over the bound
+    assert not old.exists() and len(list(cache.glob("cifar10-test-*.npz"))) == 1
+
+
 def test_load_split_cifar10_cache_invalidated_when_files_change(cifar10_copy: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = cifar10_copy / "cifar10" / "test"
-    load_split(CIFAR, "test", root=cifar10_copy)
+    folder, cache = cifar10_copy / "cifar10" / "test", cifar10_copy / "cache"
+    load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)
     calls = count_decodes(monkeypatch)
     shutil.copy(sorted((folder / "cat").iterdir())[0], folder / "cat" / "zz-extra.jpg")  # one file more
-    grown = load_split(CIFAR, "test", root=cifar10_copy)
+    grown = load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)
     assert len(grown) == 201 and len(calls) == 201
     calls.clear()
     victim, ship = sorted((folder / "dog").iterdir())[0], sorted((folder / "ship").iterdir())[0]
     shutil.copy(ship, victim)  # same count, newer file
     later = time.time_ns() + 10**9  # newer than anything, even on a file system with coarse mtimes
     os.utime(victim, ns=(later, later))
-    changed = load_split(CIFAR, "test", root=cifar10_copy)
+    changed = load_split(CIFAR, "test", root=cifar10_copy, cache_dir=cache)
     assert len(calls) == 201
     files = sorted(folder.glob("*/*.jpg"))
     assert torch.equal(changed.images[files.index(victim)], changed.images[files.index(ship)])

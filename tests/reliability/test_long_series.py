@@ -80,7 +80,7 @@ def test_gradients_json_memory_is_bounded_by_the_answer(long_job: tuple[TestClie
     assert r.status_code == 200, r.text
     body = r.json()
     lo, hi = params.get("start", 0), params.get("end", STEPS)
-    assert body["total_steps"] == hi - lo and body["steps"][0] == lo and body["steps"][-1] == hi - 1
+    assert body["records"] == body["total_steps"] == hi - lo and body["steps"][0] == lo and body["steps"][-1] == hi - 1
     assert len(body["steps"]) <= params.get("max_points", 2000)
     if "layers" not in params and lo <= 200_123 < hi:
         assert any(v is None for v in body["values"][4])  # the NaN is shown, not smoothed away
@@ -183,8 +183,8 @@ def test_reads_of_a_running_job_see_new_blocks(tmp_path: Path) -> None:
             store.update_job(s, job_id=job.id, state="running", steps_per_epoch=10)
             store.append_norms(s, job_id=job.id, block=NormBlock("weight", np.arange(10), ("conv1",),
                                                                   np.ones((10, 1), np.float32)))
-        assert client.get(f"/jobs/{job.id}/gradients").json()["total_steps"] == 10
+        assert client.get(f"/jobs/{job.id}/gradients").json()["records"] == 10
         with db.writing() as s:
             store.append_norms(s, job_id=job.id, block=NormBlock("weight", np.arange(10, 25), ("conv1",),
                                                                   np.ones((15, 1), np.float32)))
-        assert client.get(f"/jobs/{job.id}/gradients").json()["total_steps"] == 25
+        assert client.get(f"/jobs/{job.id}/gradients").json()["records"] == 25

@@ -111,7 +111,7 @@ def test_gradients_selection_range_and_downsampling(client: httpx.Client, ids: d
     part = client.get(url, params={"start": 2, "end": 6}).json()
     assert part["steps"] == [2, 3, 4, 5]
     small = client.get(url, params={"max_points": 4, "layers": "conv1"}).json()
-    assert small["downsampled"] and small["total_steps"] == 8 and len(small["steps"]) <= 4
+    assert small["downsampled"] and small["records"] == 8 and small["total_steps"] == 8 and len(small["steps"]) <= 4
     full = client.get(url, params={"layers": "conv1"}).json()["values"][0]
     assert min(small["values"][0]) == min(full) and max(small["values"][0]) == max(full)  # extremes kept
     bad = client.get(url, params={"layers": "conv2,conv99"})

@@ -35,7 +35,7 @@ def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Resp
     errors = admission.limit_errors(body, settings)
     if errors:
         raise RequestValidationError(errors)
-    spec = body.model_copy(update={"model": body.model.resolved()}).model_dump(mode="json", exclude={"name"})
+    spec = body.model_dump(mode="json", exclude={"name"})
     name = body.name or f"{body.model.arch}-{body.data.name}"
     try:
         with db.writing() as s:

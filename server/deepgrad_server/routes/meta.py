@@ -24,7 +24,8 @@ _OPTIONS = {"kernel_size": core_spec.KERNEL_SIZES, "pooling": core_spec.POOLINGS
 def models(settings: SettingsDep) -> dict[str, Any]:
     """Architectures, their options with allowed values and defaults, data sets, this server's limits."""
     fields = core_spec.ModelSpec.model_fields
-    options = {name: {"allowed": list(allowed), "default": fields[name].default} for name, allowed in _OPTIONS.items()}
+    options = {name: {"allowed": list(allowed), "default": fields[name].default,
+                      "description": fields[name].description} for name, allowed in _OPTIONS.items()}
     for name in ("batch_norm", "dropout", "bottleneck", "bottleneck_factor", "residual", "extra_convs", "width",
                  "in_channels", "num_classes"):
         options[name] = {"default": fields[name].default, "description": fields[name].description}
@@ -32,7 +33,8 @@ def models(settings: SettingsDep) -> dict[str, Any]:
             "datasets": list(core_spec.DATASETS), "optimizers": list(core_spec.OPTIMIZERS),
             "schedules": list(core_spec.SCHEDULES), "precisions": list(core_spec.PRECISIONS),
             "limits": {"max_epochs": settings.max_epochs, "max_batch_size": settings.max_batch_size,
-                       "max_width": settings.max_width, "max_queued": settings.max_queued},
+                       "max_width": settings.max_width, "max_queued": settings.max_queued,
+                       "max_steps": settings.max_steps, "max_job_memory_gib": settings.max_job_memory_gib},
             "spec_schema": core_spec.ExperimentSpec.model_json_schema()}
 
 

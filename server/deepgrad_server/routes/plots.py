@@ -33,9 +33,11 @@ router = APIRouter(tags=["plots"])
 
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 NO_SERIES = ("metrics", "filters", "cost")
+EPOCH_MEANS = ("depth", "ratio")  # figures of per-epoch means: streamed out of the store, whatever the length
 Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
 Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*[1-9]\d{0,5}(\s*,\s*[1-9]\d{0,5})*\s*$",
                                      description="comma-separated epochs counted from 1 (depth)")]
+MainPath = Annotated[bool, Query(description="depth: only the stem and main-path convs (no 1x1 reducer or shortcut)")]
 PLOT_ERRORS = {**PNG, **errors(404, 409), 503: {"description": "too many figures rendering; retry after "
                                                                "Retry-After seconds"}}
 
@@ -58,11 +60,11 @@ async def _png(request: Request, key: tuple, ids: frozenset[str], cacheable: boo
                     headers={"Cache-Control": "private, max-age=3600" if cacheable else "no-store"})
 
 
-def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str) -> JobData:
+def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str, compare: bool = False) -> JobData:
     """What the figure needs: only its norm kind (none for metrics, filters, cost), bounded in memory whatever
     the series' length (depth figures get per-epoch means)."""
-    kinds = () if kind in NO_SERIES else (norm_kind,)
-    return job_data(db, request.app.state.series_cache, job, kinds, depth=kind == "depth")
+    kinds = () if kind in NO_SERIES else ("weight", "activation") if kind == "ratio" and not compare else (norm_kind,)
+    return job_data(db, request.app.state.series_cache, job, kinds, depth=kind in EPOCH_MEANS)
 
 
 def _epochs(text: str | None) -> list[int] | None:
@@ -78,29 +80,30 @@ def _names(text: str | None) -> list[str] | None:
 async def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: Request,
                    norm_kind: Literal["weight", "activation", "global"] = "weight", layers: Layers = None,
                    epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
-                   max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000) -> Response:
-    """One job's figure: norms, selected, heatmap, depth, metrics, filters or cost."""
+                   max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000,
+                   main_path: MainPath = False) -> Response:
+    """One job's figure: norms, selected, heatmap, depth, ratio, metrics, filters or cost."""
     job = await anyio.to_thread.run_sync(load_job, db, job_id)
     if job.state == "queued":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
-    key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points)
+    key = ("job", job_id, kind, norm_kind, layers, epochs, smooth, max_points, main_path)
     return await _png(request, key, frozenset([job_id]), job.state in TERMINAL,
                       lambda: render_job(kind, _data(request, db, job, kind, norm_kind),
                                          norm_kind=norm_kind, layers=_names(layers), epochs=_epochs(epochs),
-                                         smooth=smooth, max_points=max_points))
+                                         smooth=smooth, max_points=max_points, main_path=main_path))
 
 
 @router.get("/compare/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
 async def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request, ids: Ids,
-                       norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None) -> Response:
-    """Several jobs on one figure: metrics, depth (relative depth 0..1) or filters."""
+                       norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None,
+                       main_path: MainPath = False) -> Response:
+    """Several jobs on one figure: metrics, depth (relative depth 0..1), ratio, filters or cost."""
     jobs = await anyio.to_thread.run_sync(lambda: [load_job(db, i) for i in parse_ids(ids)])
     queued = [j.id for j in jobs if j.state == "queued"]
     if queued:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
-    key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs)
+    key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs, main_path)
 
     return await _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
-                      lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind) for j in jobs],
-                                             norm_kind=norm_kind,
-                                             epochs=_epochs(epochs)))
+                      lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind, compare=True) for j in jobs],
+                                             norm_kind=norm_kind, epochs=_epochs(epochs), main_path=main_path))

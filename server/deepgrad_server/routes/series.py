@@ -78,7 +78,8 @@ def gradients(job_id: JobId, db: DbDep, request: Request, kind: NormKind = "weig
         if job.state in TERMINAL:
             cache.put(key, frozenset([job_id]), (total, steps, values))
     names = [known[c] for c in cols]
-    return SeriesPublic(job_id=job_id, kind=kind, total_steps=total, downsampled=len(steps) < total,
+    span = int(steps[-1]) + 1 - int(steps[0]) if len(steps) else 0  # min/max rows keep the first and last step
+    return SeriesPublic(job_id=job_id, kind=kind, records=total, total_steps=span, downsampled=len(steps) < total,
                         layers=layer_info(job, names), steps=steps.tolist(), values=_columns(values))
 
 
