@@ -47,28 +47,41 @@ class MinMax:
 
     def add(self, steps: np.ndarray, values: np.ndarray) -> None:
         """The next rows of the table (any number, in order)."""
-        if not len(steps):
+        n = len(steps)
+        if not n:
             return
         if self.size == 1:
             self._steps.append(np.asarray(steps, np.int64))
             self._rows.append(np.asarray(values, np.float64))
-            self.seen += len(steps)
+            self.seen += n
             return
-        index = self.seen + np.arange(len(steps))
-        bucket = index // self.size
-        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-        part = self._reduce(steps, np.asarray(values, np.float64), index, starts)
-        part["bucket"] = bucket[starts]
+        steps = np.asarray(steps, np.int64)
+        values = np.asarray(values)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        # The rows split at bucket boundaries: a head that ends the current bucket, whole buckets (reduced
+        # at once as a [buckets, size, L] array), and a tail that starts the next one.
+        size, start = self.size, self.seen
+        head = min(n, (start // size + 1) * size - start)
+        whole = (n - head) // size * size
+        parts = [_reduce(values[None, :head], steps[None, :head], start, start // size)]
+        if whole:
+            parts.append(_reduce(values[head:head + whole].reshape(whole // size, size, -1),
+                                 steps[head:head + whole].reshape(whole // size, size), start + head,
+                                 (start + head) // size))
+        if head + whole < n:
+            parts.append(_reduce(values[None, head + whole:], steps[None, head + whole:], start + head + whole,
+                                 (start + head + whole) // size))
+        part = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if self._open is not None:
             if part["bucket"][0] == self._open["bucket"][0]:
                 part = _merge_first(self._open, part)
             else:
                 self._emit(self._open)
-        last = {k: v[-1:] for k, v in part.items()}
         if len(part["bucket"]) > 1:
             self._emit({k: v[:-1] for k, v in part.items()})
-        self._open = last
-        self.seen += len(steps)
+        self._open = {k: v[-1:] for k, v in part.items()}
+        self.seen += n
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(steps int64 [m], values float64 [m, L])``, ``m <= max_points``."""
@@ -77,25 +90,7 @@ class MinMax:
             self._open = None
         if not self._steps:
             return np.zeros(0, np.int64), np.zeros((0, 0))
-        return np.concatenate(self._steps), np.concatenate(self._rows)
-
-    def _reduce(self, steps: np.ndarray, v: np.ndarray, index: np.ndarray,
-                starts: np.ndarray) -> dict[str, np.ndarray]:
-        """Per segment (rows of one bucket) and column: min, max, their positions, first non-finite."""
-        finite = np.isfinite(v)
-        lengths = np.diff(np.r_[starts, len(v)])
-        lo = np.minimum.reduceat(np.where(finite, v, np.inf), starts, axis=0)
-        hi = np.maximum.reduceat(np.where(finite, v, -np.inf), starts, axis=0)
-        pos = np.broadcast_to(index[:, None], v.shape)
-        far = np.iinfo(np.int64).max
-        lo_at = np.minimum.reduceat(np.where(finite & (v == np.repeat(lo, lengths, axis=0)), pos, far), starts, axis=0)
-        hi_at = np.minimum.reduceat(np.where(finite & (v == np.repeat(hi, lengths, axis=0)), pos, far), starts, axis=0)
-        bad_at = np.minimum.reduceat(np.where(finite, far, pos), starts, axis=0)
-        bad_row = np.clip(bad_at - index[0], 0, len(v) - 1)
-        bad = np.take_along_axis(v, bad_row, axis=0)
-        return {"lo": lo, "hi": hi, "lo_at": lo_at, "hi_at": hi_at, "bad": bad, "bad_at": bad_at,
-                "first": steps[starts].astype(np.int64), "last": steps[starts + lengths - 1].astype(np.int64),
-                "rows": lengths}
+        return np.concatenate(self._steps), np.concatenate(self._rows).astype(np.float64)
 
     def _emit(self, part: dict[str, np.ndarray]) -> None:
         lo, hi, lo_at, hi_at = part["lo"], part["hi"], part["lo_at"], part["hi_at"]
@@ -119,6 +114,31 @@ class MinMax:
             steps, rows = steps[keep], rows[keep]
         self._steps.append(steps)
         self._rows.append(rows)
+
+
+def _reduce(v: np.ndarray, steps: np.ndarray, first_index: int, first_bucket: int) -> dict[str, np.ndarray]:
+    """Per bucket (axis 0 of ``v``, ``[buckets, rows, L]``) and column: min, max and their positions, the first
+    non-finite value and its position, first and last step, rows. Positions count rows of the whole table."""
+    k, rows, layers = v.shape
+    t = np.ascontiguousarray(v.transpose(0, 2, 1))  # [buckets, L, rows]: every reduction runs along memory
+    finite = np.isfinite(t)
+    all_finite = bool(finite.all())
+    low = t if all_finite else np.where(finite, t, np.inf)
+    high = t if all_finite else np.where(finite, t, -np.inf)
+    lo_i, hi_i = low.argmin(axis=2), high.argmax(axis=2)  # [buckets, L], the first of equal values
+    base = first_index + np.arange(k)[:, None] * rows
+    far = np.iinfo(np.int64).max
+    if all_finite:
+        bad, bad_at = np.zeros((k, layers), v.dtype), np.full((k, layers), far)
+    else:
+        bad_i = (~finite).argmax(axis=2)
+        bad = np.take_along_axis(t, bad_i[..., None], axis=2)[..., 0]
+        bad_at = np.where(finite.all(axis=2), far, base + bad_i)
+    return {"lo": np.take_along_axis(low, lo_i[..., None], axis=2)[..., 0],
+            "hi": np.take_along_axis(high, hi_i[..., None], axis=2)[..., 0],
+            "lo_at": base + lo_i, "hi_at": base + hi_i, "bad": bad, "bad_at": bad_at,
+            "first": steps[:, 0], "last": steps[:, -1], "rows": np.full(k, rows, np.int64),
+            "bucket": first_bucket + np.arange(k)}
 
 
 def _merge_first(open_: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -303,14 +303,15 @@ def compare(state: _State, job_ids: tuple[str, ...], plot_path: Path | None, plo
 @click.option("--norm-kind", type=click.Choice(("weight", "activation")), help="Which gradient norms.")
 @click.option("--layers", help="Comma-separated layer names (for 'selected').")
 @click.option("--epochs", help="Comma-separated 1-based epochs (for 'depth').")
-@click.option("--smooth", type=click.IntRange(0, 1000), help="Moving-average window in steps.")
-@click.option("--max-points", type=click.IntRange(2, 100_000))
+@click.option("--smooth", type=click.IntRange(0, 10_000), help="Moving-average window in records.")
+@click.option("--max-points", type=click.IntRange(10, 100_000))
+@click.option("--main-path", is_flag=True, default=None, help="depth: only the stem and main-path convs.")
 @pass_state
 def plot(state: _State, job_id: str, kind: str, output: Path, norm_kind: str | None, layers: str | None,
-         epochs: str | None, smooth: int | None, max_points: int | None) -> None:
+         epochs: str | None, smooth: int | None, max_points: int | None, main_path: bool | None) -> None:
     """Save one of a job's figures as PNG: norms, selected, heatmap, depth, ratio, metrics, filters, cost."""
     state.client.save_plot(job_id, kind, output, norm_kind=norm_kind, layers=layers, epochs=epochs,
-                           smooth=smooth, max_points=max_points)
+                           smooth=smooth, max_points=max_points, main_path=main_path)
     click.echo(f"wrote {output}")
 
 

@@ -51,7 +51,7 @@ def vanishing_summary(block: NormBlock | None, *, steps_per_epoch: int, fraction
         return summary
     epochs, means, nonfinite = epoch_means(block.steps, block.values, steps_per_epoch)  # [epochs, layers]
     first, last = ends if ends is not None else (0, len(block.layers) - 1)
-    ratios = [_ratio(row[[first, last]]) for row in means]
+    ratios = [_ratio(row[[first, last]]) if first != last else None for row in means]
     final = means[-1]
     summary.update(
         epochs=[int(e) for e in epochs],

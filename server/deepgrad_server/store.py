@@ -308,9 +308,10 @@ def norm_page(s: Session, *, job_id: str, kind: str, first_from: int, first_to: 
                             NormChunk.first_step < first_to).order_by(NormChunk.first_step)).all()
     if not rows:
         return None
-    parts = [_decode(r) for r in rows]
-    steps = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    values = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    # The chunks of one series have the same columns: decode the joined bytes at once (40,000 chunks of a
+    # long series decoded one by one cost more than the rest of a read).
+    steps = np.frombuffer(b"".join([r[0] for r in rows]), dtype=np.int64)
+    values = np.frombuffer(b"".join([r[1] for r in rows]), dtype=np.float32).reshape(len(steps), rows[0][2])
     keep = _in_range(steps, start, end)
     return (steps, values) if keep is None else (steps[keep], values[keep])
 

@@ -71,12 +71,15 @@ def test_resnet18_parameter_count_is_the_standard_cifar_one():
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
 
 
-@pytest.mark.parametrize("arch,convs,bn,dropouts", [("vgg16", 13, True, 2), ("vgg_deep", 17, False, 0),
-                                                     ("resnet18", 20, True, 0)])
-def test_family_defaults_structure(arch, convs, bn, dropouts):
+@pytest.mark.parametrize("arch,convs,shortcuts,bn,dropouts", [("vgg16", 13, 0, True, 2), ("vgg_deep", 17, 0, False, 0),
+                                                               ("resnet18", 17, 3, True, 0)])
+def test_family_defaults_structure(arch, convs, shortcuts, bn, dropouts):
     model = build_model({"arch": arch, "width": 0.25})
     layers = tracked_layers(model)
-    assert [la.name for la in layers] == [f"conv{i}" for i in range(1, convs + 1)]
+    main = [la.name for la in layers if la.role in ("stem", "main")]
+    assert main == [f"conv{i}" for i in range(1, convs + 1)]
+    assert [la.name for la in layers if la.role == "shortcut"] == [f"shortcut{i}" for i in range(1, shortcuts + 1)]
+    assert len(layers) == convs + shortcuts and layers[0].role == "stem"
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == bn
     dropout = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropout) == dropouts and all(m.p == 0.5 for m in dropout)

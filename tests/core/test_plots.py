@@ -147,10 +147,10 @@ def test_render_job_metrics_two_panels_train_and_test(job):
     fig = render_job("metrics", job)
     loss, acc = _main_axes(fig)
     for ax in (loss, acc):
-        assert [line.get_label() for line in ax.get_lines()] == ["train", "test"]
+        assert [line.get_label() for line in ax.get_lines()][:2] == ["train", "test"]
         assert ax.get_xlabel() == "epoch"
         assert list(ax.get_lines()[0].get_xdata()) == list(range(1, EPOCHS + 1))
-    assert loss.get_ylabel() == "loss" and acc.get_ylabel() == "accuracy (%)"
+    assert loss.get_ylabel() == "cross-entropy loss" and acc.get_ylabel() == "accuracy (%)"
     assert acc.get_lines()[1].get_ydata()[-1] == pytest.approx(100 * (0.1 + 0.1 * (EPOCHS - 1)))
 
 
@@ -171,18 +171,19 @@ def test_render_job_cost_params_and_flops_bars_per_layer(job):
     params, flops = _main_axes(fig)
     assert len(params.patches) == len(flops.patches) == LAYERS
     assert params.get_xscale() == flops.get_xscale() == "log"
-    assert params.get_xlabel() == "parameters" and flops.get_xlabel() == "FLOPs per image"
-    assert "2 M parameters" in _title(fig) and "300 M FLOPs" in _title(fig)
+    assert params.get_xlabel() == "parameters" and flops.get_xlabel() == "FLOPs per image (1 multiply-add = 2 FLOPs)"
+    assert "2 M parameters" in _title(fig) and "300 M FLOPs" in _title(fig) and "150 M multiply-adds" in _title(fig)
+    assert "conv and linear layer" in _title(fig) and "tracked" not in _title(fig)
 
 
 # ---- comparisons ----------------------------------------------------------------------------------------
 
-def test_render_compare_metrics_one_line_per_job():
+def test_render_compare_metrics_train_and_test_per_job():
     jobs = [fake_job("a"), fake_job("b", epochs=3), fake_job("c", epochs=0)]
     fig = render_compare("metrics", jobs)
-    acc, loss = _main_axes(fig)
-    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["a", "b"]
-    assert len(loss.get_lines()) == 2 and acc.get_ylabel() == "test accuracy (%)"
+    loss, acc = _main_axes(fig)
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["a", "b"]
+    assert len(acc.get_lines()) == 4 and acc.get_ylabel() == "accuracy (%)"  # train and test of a and b
     assert "not shown, no finished epoch: c" in _title(fig)
 
 
@@ -229,7 +230,7 @@ def test_render_job_activation_never_recorded_says_what_was(job):
 
 @pytest.mark.parametrize(("call", "match"), [
     (lambda j: render_job("bogus", j), "plot kind must be one of"),
-    (lambda j: render_compare("cost", [j]), r"one of \['metrics', 'depth', 'filters'\]"),
+    (lambda j: render_compare("heatmap", [j]), r"one of \['metrics', 'depth', 'ratio', 'filters', 'cost'\]"),
     (lambda j: render_job("norms", j, norm_kind="bias"), "norm kind"),
     (lambda j: render_job("heatmap", j, norm_kind="global"), r"\['weight', 'activation'\]"),
     (lambda j: render_job("norms", j, layers=["conv99"]), "conv1"),

@@ -64,7 +64,8 @@ def test_weight_norms_equal_direct_grad_norms():
     got = np.concatenate([b.values for b in weight])
     np.testing.assert_allclose(got, np.array(expected), rtol=1e-5)
     assert np.concatenate([b.steps for b in weight]).tolist() == list(range(6))
-    assert weight[0].layers == tuple(f"conv{i}" for i in range(1, 21))
+    assert weight[0].layers == tuple(la.name for la in tracked_layers(model))
+    assert weight[0].layers[7] == "shortcut1" and weight[0].layers[-1] == "conv17"  # named by role
 
 
 def test_activation_norms_equal_output_gradient_norms_on_sampled_steps():

@@ -150,13 +150,15 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path):
 
 
 def test_checkpoint_records_the_resolved_spec_as_the_cli_does(tmp_path):
-    """A library run and ``deepgrad-train`` (which resolves family defaults) resume each other's checkpoints."""
+    """A library run and ``deepgrad-train`` resume each other's checkpoints: a validated spec is a resolved one,
+    whether the family defaults were written out or left to the family."""
     spec = _spec(train={"epochs": 1})
-    resolved = spec.model_copy(update={"model": spec.model.resolved()})
-    assert resolved != spec
-    for i, (first, then) in enumerate(((spec, resolved), (resolved, spec))):
+    written = ExperimentSpec.model_validate({**spec.model_dump(mode="json"),
+                                             "model": {"arch": spec.model.arch, "width": spec.model.width}})
+    assert written == spec and spec.model.batch_norm is True and spec.model.dropout == 0.5
+    for i, (first, then) in enumerate(((spec, written), (written, spec))):
         train(_fresh(first), first, checkpoint_dir=tmp_path / str(i))
-        assert read_meta(tmp_path / str(i) / CHECKPOINT_NAME)["spec"] == resolved.model_dump(mode="json")
+        assert read_meta(tmp_path / str(i) / CHECKPOINT_NAME)["spec"] == spec.model_dump(mode="json")
         starts: list[int] = []
         result = train(_fresh(then), then, checkpoint_dir=tmp_path / str(i), on_resume=starts.append)
         assert starts == [result.steps_per_epoch] == [result.start_step] and len(result.history) == 1

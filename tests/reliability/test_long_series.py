@@ -26,9 +26,10 @@ from deepgrad_server.settings import Settings
 
 STEPS, LAYERS, BLOCK = 400_000, tuple(f"conv{i}" for i in range(1, 18)), 4000
 SERIES_BYTES = STEPS * len(LAYERS) * 4
-# What a read may hold at its peak: a page of the series and the work on it, plus its answer (as Python objects
-# and JSON text: ~400 bytes per value sent). The reads before held 2-4 copies of the whole series.
-BOUND = 8 << 20
+# What a read may hold at its peak: a page of the series (32,768 steps: 2.2 MiB here) and the work on it, plus its
+# answer (as Python objects and JSON text: ~400 bytes per value sent). The reads before held 2-4 copies of the
+# whole series (52-104 MiB here); this bound does not grow with the series.
+BOUND = 16 << 20
 PER_VALUE_SENT = 400
 # A figure draws from at most a million values of a series (its min/max rows beyond that): a bound that does not
 # grow with the series, the 64 MiB per read.
@@ -119,7 +120,7 @@ def test_csv_streams_in_chunks(long_job: tuple[TestClient, str]) -> None:
         base = tracemalloc.get_traced_memory()[0]
         response = gradients_csv(job_id, client.app.state.db, kind="weight")
         pieces = response.body_iterator.__aiter__()
-        first = [await pieces.__anext__() for _ in range(8)]  # header + 7 pieces of 2,048 rows
+        first = [await pieces.__anext__() for _ in range(20)]  # header + 19 pieces of 2,048 rows: two pages
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         rows = sum(p.count("\n") for p in first)
