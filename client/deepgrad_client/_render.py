@@ -92,7 +92,7 @@ def job_table(job: dict[str, Any]) -> Table:
     state = state_text(job) + (f" ({job['reason']})" if job.get("reason") else "")
     rows = [("id", job["id"]), ("name", escape(job.get("name", ""))), ("state", state),
             ("message", escape(job.get("message") or "")), ("model", _arch(job)),
-            ("spec sets", escape(changes_text(job, limit=99)) or "the architecture's defaults"),
+            ("spec sets", escape(changes_text(job, limit=99, short=False)) or "the architecture's defaults"),
             ("data", f"{data.get('name', '?')}" + (f", {data['subset']} per class" if data.get("subset") else "")),
             ("created", _when(job.get("created_at"))), ("started", _when(job.get("started_at"))),
             ("finished", _when(job.get("finished_at"))), ("attempts", str(job.get("attempts", "")))]
@@ -128,10 +128,11 @@ def gradient_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         s = summary.get(kind) or {}
         if s.get("first_last_ratio") is None and s.get("vanishing") is None:
             continue
-        layers = f"{s['first_layer']}/{s['last_layer']}" if s.get("first_layer") else "first/last layer"
+        layers = f" ({s['first_layer']}/{s['last_layer']})" if s.get("first_layer") else ""
         verdict = "[red]VANISHING[/]" if s.get("vanishing") else "flowing"
-        rows.append((f"{kind} grads", f"{layers} {ratio(s.get('first_last_ratio'))}: {verdict} (threshold "
-                                      f"{s.get('fraction', 1e-3):g})" + ("  <- the verdict" if kind == source else "")))
+        text = f"first/last layer{layers} {ratio(s.get('first_last_ratio'))}: {verdict} (threshold " \
+               f"{s.get('fraction', 1e-3):g})"
+        rows.append((f"{kind} grads", text + ("  <- the verdict" if kind == source else "")))
     return rows
 
 
@@ -188,10 +189,11 @@ def setting(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def changes_text(job: dict[str, Any], limit: int = 4) -> str:
-    """What a job's spec sets beyond its architecture's defaults (``changes`` from the server), short."""
+def changes_text(job: dict[str, Any], limit: int = 4, *, short: bool = True) -> str:
+    """What a job's spec sets beyond its architecture's defaults (``changes`` from the server); ``short``
+    drops the ``model.`` of model fields (the list's narrow column)."""
     changes = job.get("changes") or {}
-    items = [f"{k.removeprefix('model.')}={setting(v)}" for k, v in changes.items()]
+    items = [f"{k.removeprefix('model.') if short else k}={setting(v)}" for k, v in changes.items()]
     return ", ".join(items[:limit]) + (f" (+{len(items) - limit})" if len(items) > limit else "")
 
 

@@ -90,9 +90,9 @@ def finished(server: Live) -> Finished:
 
     with server.client() as client:
         residual = client.submit(TINY, name="tiny-residual")
-        plain = client.submit({**TINY, "model": {**TINY["model"], "residual": False}}, name="tiny-plain")
-        collector = threading.Thread(target=collect, args=(residual["id"],))
+        collector = threading.Thread(target=collect, args=(residual["id"],))  # at once: it must see "queued"
         collector.start()
+        plain = client.submit({**TINY, "model": {**TINY["model"], "residual": False}}, name="tiny-plain")
         watch = CliRunner(env={"COLUMNS": "200"}).invoke(
             cli, ["--url", server.url, "--token", server.token, "watch", residual["id"]])
         collector.join(120)

@@ -257,16 +257,17 @@ def test_gradients_as_numpy_arrays(server: Live, finished) -> None:
     job_id = finished.residual["id"]
     with server.client() as client:
         grads = client.gradients(job_id, "weight")
-        picked = client.gradients(job_id, "weight", layers=["conv1", "conv20"], start=2, end=8)
+        picked = client.gradients(job_id, "weight", layers=["conv1", "conv17"], start=2, end=8)
         coarse = client.gradients(job_id, "weight", max_points=4)
     assert isinstance(grads, Gradients) and grads.kind == "weight" and grads.job_id == job_id
     steps_per_epoch = finished.residual["steps_per_epoch"]
     assert grads.steps.dtype == np.int64 and list(grads.steps) == list(range(2 * steps_per_epoch))
     assert grads.values.dtype == np.float64 and grads.values.shape == (len(grads.steps), 20)
-    assert grads.layers == [f"conv{i}" for i in range(1, 21)] and len(grads.depths) == 20
+    main = [name for name, role in zip(grads.layers, grads.roles, strict=True) if role in ("stem", "main")]
+    assert main == [f"conv{i}" for i in range(1, 18)] and len(grads.depths) == 20  # and 3 shortcuts
     assert np.all(np.isfinite(grads.values)) and np.all(grads.values > 0)
-    assert picked.layers == ["conv1", "conv20"] and list(picked.steps) == list(range(2, 8))
-    np.testing.assert_allclose(picked.series("conv20"), grads.series("conv20")[2:8], rtol=1e-6)
+    assert picked.layers == ["conv1", "conv17"] and list(picked.steps) == list(range(2, 8))
+    np.testing.assert_allclose(picked.series("conv17"), grads.series("conv17")[2:8], rtol=1e-6)
     assert coarse.downsampled and len(coarse.steps) <= 4 and coarse.values.shape == (len(coarse.steps), 20)
     with pytest.raises(KeyError, match="conv99"):
         grads.series("conv99")
@@ -279,7 +280,7 @@ def test_gradients_csv_and_export(server: Live, finished, tmp_path: Path) -> Non
         path = client.export(job_id, tmp_path / "weight.csv")
     assert path.read_text() == text
     header, *rows = text.strip().splitlines()
-    assert header == "step," + ",".join(f"conv{i}" for i in range(1, 21))
+    assert header == "step," + ",".join(la["name"] for la in finished.residual["layers"])
     assert len(rows) == 2 * finished.residual["steps_per_epoch"]
     assert not list(tmp_path.glob("*.part"))
 
@@ -292,7 +293,7 @@ def test_metrics_have_one_row_per_epoch(server: Live, finished) -> None:
 
 
 @pytest.mark.parametrize(("kind", "params"), [("norms", {"norm_kind": "weight", "smooth": 2}),
-                                              ("selected", {"layers": ["conv1", "conv20"]}),
+                                              ("selected", {"layers": ["conv1", "conv17"]}),
                                               ("depth", {"epochs": [1, 2]})])
 def test_plots_are_pngs(server: Live, finished, kind: str, params: dict, tmp_path: Path) -> None:
     with server.client() as client:

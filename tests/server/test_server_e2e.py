@@ -91,7 +91,8 @@ def test_metrics_has_every_epoch(client: httpx.Client, ids: dict[str, str]) -> N
     assert len(m["confusion"]) == 10 and sum(map(sum, m["confusion"])) == 50
     assert len(m["per_class"]) == 10
     means = m["layer_means"]["weight"]  # the per-layer table, kept out of the Job response
-    assert set(means) == {f"conv{i}" for i in range(1, 21)} and all(len(v) == 2 for v in means.values())
+    resnet18 = {f"conv{i}" for i in range(1, 18)} | {f"shortcut{i}" for i in range(1, 4)}  # 17 main-path convs
+    assert set(means) == resnet18 and all(len(v) == 2 for v in means.values())
     assert "mean_per_epoch" not in client.get(f"/jobs/{ids['resnet18']}").json()["summary"]["weight"]
 
 
