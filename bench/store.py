@@ -174,10 +174,40 @@ def bench_reads(url: str, job_id: str, cols: list[int], args: argparse.Namespace
             "max_ms": max(totals), "points": cold[1]}
 
 
-def bench_long(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The long series: ingest it, then each read path cold, side by side, with its peak RSS growth."""
+def _measure_reads(url: str, job_id: str, layers: int, max_points: int, label: str, threads: int) -> dict[str, Any]:
+    """In a child: ``threads`` concurrent cold reads of the long series, the streamed or the whole-series way."""
     from concurrent.futures import ThreadPoolExecutor
 
+    fn = read if label == "streamed" else read_whole
+    db = Database(url)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            growth, results = peak_rss_growth(lambda: list(pool.map(
+                lambda _: fn(db, job_id, list(range(layers)), max_points), range(threads))))
+    finally:
+        db.dispose()
+    return {"ms": max(ms for ms, _ in results), "points": results[0][1], "peak_rss_growth_mib": growth}
+
+
+def _measure_csv(url: str, job_id: str, names: tuple[str, ...]) -> dict[str, Any]:
+    db = Database(url)
+    try:
+        t0 = time.perf_counter()
+        growth, size = peak_rss_growth(lambda: sum(len(t) for t in jobdata.csv_text(db, job_id, "weight", names)))
+        return {"seconds": time.perf_counter() - t0, "mib": size / 2**20, "peak_rss_growth_mib": growth}
+    finally:
+        db.dispose()
+
+
+def _in_child(fn: Any, *args: Any) -> Any:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def bench_long(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The long series: ingest it, then each read path cold, side by side, with its peak RSS growth."""
     names, values = synthetic_series(args.long_steps, args.long_layers, seed=1)
     blocks = tracker_blocks(names, values, steps_per_epoch=50_000, flush_every=args.flush_every,
                             activation_every=0)
@@ -191,29 +221,12 @@ def bench_long(url: str, args: argparse.Namespace) -> dict[str, Any]:
     del blocks
     out: dict[str, Any] = {"steps": args.long_steps, "layers": args.long_layers, "ingest_s": seconds,
                            "stored_mib": args.long_steps * (args.long_layers * 4 + 8) / 2**20}
-    cols = list(range(args.long_layers))
-    for label, fn in (("streamed", read), ("whole", read_whole)):
-        db = Database(url)
-        try:
-            growth, (ms, points) = peak_rss_growth(lambda: fn(db, job_id, cols, args.max_points))  # noqa: B023
-        finally:
-            db.dispose()
-        out[label] = {"ms": ms, "peak_rss_growth_mib": growth, "points": points}
-        db = Database(url)
-        try:
-            with ThreadPoolExecutor(4) as pool:
-                growth, _ = peak_rss_growth(lambda: list(pool.map(  # noqa: B023
-                    lambda _: fn(db, job_id, cols, args.max_points), range(4))))  # noqa: B023
-        finally:
-            db.dispose()
-        out[label]["four_concurrent_peak_rss_growth_mib"] = growth
-    db = Database(url)
-    try:
-        t0 = time.perf_counter()
-        growth, size = peak_rss_growth(lambda: sum(len(t) for t in jobdata.csv_text(db, job_id, "weight", names)))
-        out["csv"] = {"seconds": time.perf_counter() - t0, "mib": size / 2**20, "peak_rss_growth_mib": growth}
-    finally:
-        db.dispose()
+    # Each read in a fresh process: its peak RSS growth is the read's own, not the ingest's leftovers.
+    for label in ("streamed", "whole"):
+        out[label] = _in_child(_measure_reads, url, job_id, args.long_layers, args.max_points, label, 1)
+        out[label]["four_concurrent_peak_rss_growth_mib"] = _in_child(
+            _measure_reads, url, job_id, args.long_layers, args.max_points, label, 4)["peak_rss_growth_mib"]
+    out["csv"] = _in_child(_measure_csv, url, job_id, names)
     return out
 
 

@@ -179,10 +179,14 @@ def summary_text(report: dict[str, Any], out: Path) -> str:
     for kind in ("weight", "activation"):
         s, label = summary.get(kind) or {}, f"{kind} grads"
         ratio = s.get("first_last_ratio")
+        pair = f" ({s['first_layer']}/{s['last_layer']})" if s.get("first_layer") else ""
+        source = "  <- the verdict" if summary.get("vanishing_source") == kind else ""
         lines.append(f"  {label:<18} no first/last-layer ratio recorded" if ratio is None else
-                     f"  {label:<18} first/last-layer ratio {ratio:.2e}: "
-                     f"{'VANISHING' if s['vanishing'] else 'not vanishing'} (threshold {s['fraction']:g})")
+                     f"  {label:<18} first/last-layer ratio{pair} {ratio:.2e}: "
+                     f"{'VANISHING' if s['vanishing'] else 'not vanishing'} (threshold {s['fraction']:g}){source}")
     lines.append(f"  files              {out}/ ({', '.join(report['files'][:-1])})")
+    if (out / "plots").is_dir():
+        lines.append(f"  figures            {out / 'plots'}/ (again: deepgrad-plot {out} all)")
     return "\n".join(lines) + "\n"
 
 

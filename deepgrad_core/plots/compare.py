@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 from deepgrad_core.plots.canvas import empty_panel, job_label, log_axis, new_figure, plain_text, set_title
 from deepgrad_core.plots.job import JobData, PlotDataError, PlotParameterError
 from deepgrad_core.plots.metrics import PANELS, SPLIT_STYLES, chance_handle, epoch_series, style_epoch_axis, style_panel
-from deepgrad_core.plots.model import draw_filters, require_filters
+from deepgrad_core.plots.model import draw_filters, filter_change, require_filters
 from deepgrad_core.plots.series import Hidden
 
 
@@ -126,12 +126,19 @@ def compare_filters_figure(jobs: list[JobData]) -> Figure:
     fig = new_figure(figsize=(min(3.2 * ncols, 13.0), 3.4 * nrows + 0.6))
     axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
     for ax, job in zip(axes, jobs, strict=False):
-        ax.set_title(job_label(job), fontsize=10)
+        title = job_label(job)
         if job.filters is not None and len(job.filters):
-            draw_filters(ax, require_filters(job))
+            filters = require_filters(job)
+            draw_filters(ax, filters)
+            if job.filters_init is not None and np.shape(job.filters_init) == filters.shape:
+                change = filter_change(np.asarray(job.filters_init, np.float64), filters.astype(np.float64))
+                title += f"\n{change:.1%} from its initial filters"
         else:
             empty_panel(ax, "no filters yet")
+        ax.set_title(title, fontsize=10)
     for ax in axes[len(jobs):]:
         ax.set_axis_off()
-    set_title(fig, f"first conv layer filters of {len(jobs)} job{'s' if len(jobs) > 1 else ''}")
+    set_title(fig, f"first conv layer filters of {len(jobs)} job{'s' if len(jobs) > 1 else ''}",
+              ["how far each moved: ||learned - initial|| / ||initial|| of the scaled patterns"
+               if any(j.filters_init is not None for j in jobs) else ""])
     return fig

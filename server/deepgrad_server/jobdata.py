@@ -9,9 +9,11 @@ A series can be 2,000,000 steps x 17 layers (136 MB). No reader here holds it wh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import JobData
@@ -31,14 +33,16 @@ PLOT_MIN_POINTS = 4000
 
 
 def norm_pages(db: Database, job_id: str, kind: str, *, start: int | None = None, end: int | None = None,
-               extent: tuple[int, int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(steps, values)`` pages of a series in ``[start, end)``, in step order, each read on its own."""
+               extent: store.Extent | None = None, session: Session | None = None,
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(steps, values)`` pages of a series in ``[start, end)``, in step order: each read in a transaction of
+    its own (a CSV download may take minutes), or all in ``session`` (one request's read: a consistent view)."""
     if extent is None:
         with db.reading() as s:
             extent = store.series_extent(s, job_id=job_id, kind=kind, start=start, end=end)
     at = extent.first_chunk
     while at <= extent.last_chunk:
-        with db.reading() as s:
+        with nullcontext(session) if session is not None else db.reading() as s:
             page = store.norm_page(s, job_id=job_id, kind=kind, first_from=at, first_to=at + PAGE_STEPS,
                                    start=start, end=end)
         if page is not None:
@@ -59,9 +63,11 @@ def downsampled(db: Database, job_id: str, kind: str, cols: list[int], *, start:
     """(rows in range, steps, values of ``cols``) of a series, min/max downsampled while it streams."""
     with db.reading() as s:
         extent = store.series_extent(s, job_id=job_id, kind=kind, start=start, end=end)
-    reducer = MinMax(extent.rows, max_points, nonfinite=nonfinite)  # type: ignore[arg-type]
-    for steps, values in norm_pages(db, job_id, kind, start=start, end=end, extent=extent):
-        reducer.add(steps, values[:, cols])
+        reducer = MinMax(extent.rows, max_points, nonfinite=nonfinite)  # type: ignore[arg-type]
+        every = cols == list(range(len(cols))) and len(cols) == (store.norm_layers(s, job_id=job_id, kind=kind)
+                                                                  or ())
+        for steps, values in norm_pages(db, job_id, kind, start=start, end=end, extent=extent, session=s):
+            reducer.add(steps, values if every else values[:, cols])
     steps, values = reducer.result()
     if not len(steps):
         values = np.zeros((0, len(cols)))
