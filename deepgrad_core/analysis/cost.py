@@ -8,6 +8,7 @@ count 0. ``cost_report`` leaves the model exactly as it found it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deepgrad_core.device import choose_device
 from deepgrad_core.models.tracked import tracked_layers
-from deepgrad_core.spec import ExperimentSpec
+from deepgrad_core.spec import ExperimentSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,15 @@ def _trace_outputs(model: nn.Module, x: torch.Tensor,
             if path in wanted and tensors:
                 shapes[path] = tuple(tensors[0].shape[1:])
             for t in tensors if leaf else ():
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
+                if t.is_meta:  # shapes only, no storage to share: each output tensor counts once
+                    key, size = id(t), t.numel() * t.element_size()
+                else:
+                    storage = t.untyped_storage()
+                    key, size = storage.data_ptr(), storage.nbytes()
+                if key not in seen:
+                    seen.add(key)
                     kept.append(t)
-                    total += storage.nbytes()
+                    total += size
         return hook
 
     wanted = set(paths)
@@ -231,11 +236,27 @@ def _peak_step_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def spec_cost(spec: ExperimentSpec) -> CostReport:
-    """The cost report of the model a spec describes, at full size on the CPU, before any training: what
-    a job would cost, answered in about a second (``POST /cost``)."""
+    """The cost report of the model a spec describes, at full size, before any training: built on PyTorch's
+    ``meta`` device (shapes without storage), so that it takes a fraction of a second and no memory
+    (``POST /cost``). The same numbers as ``cost_report`` of the real model (tests check it)."""
+    return meta_cost(spec.model, spec.input_shape)
+
+
+@functools.lru_cache(maxsize=128)
+def meta_cost(model_spec: ModelSpec, input_shape: tuple[int, int, int]) -> CostReport:
+    """``spec_cost`` by model spec and input shape, cached (the memory estimate of every submission uses it)."""
     from deepgrad_core.models import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = build_model(spec.model)
-    return cost_report(model, spec.input_shape, device="cpu", measure_peak=False)
+    with torch.device("meta"):
+        model = build_model(model_spec)
+    layers = tracked_layers(model, ("conv", "linear"))
+    flops_total, flops_by_path = _count_flops(model, torch.empty(1, *input_shape, device="meta"))
+    act_bytes, shapes = _trace_outputs(model, torch.empty(_ACT_BATCH, *input_shape, device="meta"),
+                                       [t.path for t in layers])
+    params = list(model.parameters())
+    costs = [LayerCost(t.name, t.path, t.kind, sum(p.numel() for p in t.module.parameters()),
+                       flops_by_path.get(t.path, 0), shapes.get(t.path, ())) for t in layers]
+    return CostReport(total_params=sum(p.numel() for p in params),
+                      trainable_params=sum(p.numel() for p in params if p.requires_grad),
+                      flops_per_image=flops_total, activation_bytes_per_image=act_bytes // _ACT_BATCH,
+                      layers=costs, peak_train_step_bytes=None, input_shape=tuple(input_shape), device="meta")

@@ -13,21 +13,14 @@ CPU with ``bench/memory_estimate.py`` (peak RSS of real runs against this estima
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-from torch.utils._pytree import tree_leaves
-
-from deepgrad_core.models import build_model, tracked_layers
+from deepgrad_core.analysis.cost import meta_cost
 from deepgrad_core.spec import (
-    DATASET_CHANNELS,
     DATASET_CLASSES,
     DATASET_IMAGES_PER_CLASS,
     ExperimentSpec,
-    ModelSpec,
     images_per_class,
     planned_steps,
 )
@@ -69,41 +62,12 @@ class MemoryEstimate:
                 "parts": dict(self.parts)}
 
 
-@dataclass(frozen=True)
-class _ModelShape:
-    params: int
-    tracked: int
-    activation_bytes_per_image: int
-
-
-@functools.lru_cache(maxsize=64)
-def _model_shape(model_spec: ModelSpec, side: int, layer_types: tuple[str, ...]) -> _ModelShape:
-    """Parameter count, tracked layers and saved-activation bytes per image, from a meta-device model."""
-    with torch.device("meta"):
-        model = build_model(model_spec)
-        x = torch.empty(2, model_spec.in_channels, side, side)
-        saved = _saved_output_bytes(model, x)
-    return _ModelShape(params=sum(p.numel() for p in model.parameters()),
-                       tracked=len(tracked_layers(model, layer_types)), activation_bytes_per_image=saved // 2)
-
-
-def _saved_output_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of every leaf module's output in a training-mode forward (a tensor counted once)."""
-    model.train()
-    seen: dict[int, torch.Tensor] = {}  # kept alive so that ids are never reused
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        for t in tree_leaves(output):
-            if isinstance(t, torch.Tensor):
-                seen.setdefault(id(t), t)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
-    try:
-        model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sum(t.numel() * t.element_size() for t in seen.values())
+def _model_shape(spec: ExperimentSpec) -> tuple[int, int, int]:
+    """(parameters, tracked layers, saved-activation bytes per image) of the spec's model, from its meta-device
+    cost report (cached, shared with ``POST /cost``)."""
+    cost = meta_cost(spec.model, spec.input_shape)
+    kinds = set(spec.tracking.layer_types)
+    return cost.total_params, sum(la.kind in kinds for la in cost.layers), cost.activation_bytes_per_image
 
 
 def _loaded_images(spec: ExperimentSpec, split: str) -> tuple[int, int]:
@@ -116,9 +80,8 @@ def _loaded_images(spec: ExperimentSpec, split: str) -> tuple[int, int]:
 
 def estimate_memory(spec: ExperimentSpec, device_type: str = "cpu") -> MemoryEstimate:
     """Peak memory of running ``spec`` on a device of ``device_type`` (``cpu`` or ``cuda``)."""
-    side = spec.input_shape[-1]
-    channels = DATASET_CHANNELS.get(spec.data.name, spec.model.in_channels)
-    shape = _model_shape(spec.model, side, tuple(spec.tracking.layer_types))
+    channels, side, _ = spec.input_shape
+    params, tracked, act_per_image = _model_shape(spec)
     image = channels * side * side  # uint8 bytes
     data = kept_bytes = 0
     for split in ("train", "test"):
@@ -127,15 +90,15 @@ def estimate_memory(spec: ExperimentSpec, device_type: str = "cpu") -> MemoryEst
         data += read * image + kept * (image + 8)  # the whole split is read before the subset is taken
     ts = spec.train
     copies = 2 + (_OPTIMIZER_COPIES[ts.optimizer] if ts.optimizer != "sgd" or ts.momentum > 0 else 0)
-    model = shape.params * 4 * copies
+    model = params * 4 * copies
     batch = ts.batch_size
     # Saved outputs of a training step, plus the batch itself: padded uint8, gathered, float, normalized.
     factor = ACTIVATION_FACTOR * (HALF_PRECISION_FACTOR if ts.precision != "fp32" else 1.0)
-    activations = int(shape.activation_bytes_per_image * batch * factor) + batch * image * 16
+    activations = int(act_per_image * batch * factor) + batch * image * 16
     _, steps = planned_steps(spec)
     every = spec.tracking.activation_every
     rows = steps * (1 + (1 / every if every else 0)) + (steps if ts.grad_clip is not None else 0)
-    norms = int(rows * max(shape.tracked, 1) * 4 * 2)  # kept whole, and concatenated for each checkpoint
+    norms = int(rows * max(tracked, 1) * 4 * 2)  # kept whole, and concatenated for each checkpoint
     parts = {"runtime": RUNTIME_BYTES, "data": data, "model": model, "activations": activations, "norms": norms}
     if device_type == "cuda":
         parts["runtime"] += CUDA_HOST_BYTES

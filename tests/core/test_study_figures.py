@@ -181,7 +181,20 @@ def test_spec_cost_of_the_full_size_model() -> None:
     cost = spec_cost(ExperimentSpec.model_validate({"model": {"arch": "resnet18"}}))
     assert cost.total_params == 11_173_962
     assert 1.1e9 < cost.flops_per_image < 1.12e9  # 0.56 G multiply-adds at 32x32
-    assert cost.layers[0].name == "conv1" and cost.device == "cpu"
+    assert cost.layers[0].name == "conv1" and cost.device == "meta"
+
+
+@pytest.mark.parametrize("model", [{"arch": "resnet18", "width": 0.5, "bottleneck": True},
+                                   {"arch": "vgg_deep", "kernel_size": 7, "width": 0.25},
+                                   {"arch": "vgg16", "pooling": "avg", "width": 0.25, "activation": "gelu"}])
+def test_spec_cost_on_meta_equals_the_real_models(model: dict) -> None:
+    from deepgrad_core.analysis import cost_report
+
+    spec = ExperimentSpec.model_validate({"model": model, "data": {"name": "synthetic", "image_size": 40}})
+    meta, real = spec_cost(spec), cost_report(build_model(spec.model), spec.input_shape, measure_peak=False)
+    assert (meta.total_params, meta.flops_per_image, meta.activation_bytes_per_image) == \
+        (real.total_params, real.flops_per_image, real.activation_bytes_per_image)
+    assert [la.to_dict() for la in meta.layers] == [la.to_dict() for la in real.layers]
 
 
 def test_spec_changes_name_what_a_variant_sets() -> None:
