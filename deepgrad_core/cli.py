@@ -16,15 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from deepgrad_core.specfile import SpecFileError, load_spec
 
-from deepgrad_core.spec import ExperimentSpec
+log = logging.getLogger("deepgrad_core.cli")
 
 # What the plain (client-only) install lacks; running needs them, parsing and validating a spec does not.
 SERVER_EXTRA_MODULES = ("torch", "torchvision", "safetensors", "PIL")
@@ -40,14 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse has already said why
         return int(exc.code or 0)
-    try:
-        from deepgrad_core.local_run import run  # torch and the rest of the server extra
-    except ImportError as err:
-        if err.name not in SERVER_EXTRA_MODULES:
-            raise
-        sys.stderr.write(f"deepgrad-train needs the server extra: pip install 'deepgrad[server]' "
-                         f"({err.name} is not installed)\n")
-        return 2
     # Progress and library messages go to stderr, through a handler that lives for this call only.
     handler, package = logging.StreamHandler(sys.stderr), logging.getLogger("deepgrad_core")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -55,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     package.addHandler(handler)
     package.setLevel(logging.INFO)
     try:
-        return run(args)
+        return _train(args)
     except CliError as err:
         message, code = err.args
         sys.stderr.write(f"deepgrad-train: error: {message}\n")
@@ -66,6 +60,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Read the spec, run it into the output folder, say how it went; return the exit code."""
+    try:
+        spec = load_spec(args.spec, args.overrides)
+    except SpecFileError as err:
+        raise CliError(str(err), 2) from None
+    try:  # torch and the rest of the server extra
+        from deepgrad_core.data import DataError, default_data_root
+        from deepgrad_core.device import choose_device
+        from deepgrad_core.local_run import run_local
+        from deepgrad_core.training.checkpoint import CheckpointMismatch
+    except ImportError as err:
+        if err.name not in SERVER_EXTRA_MODULES:
+            raise
+        sys.stderr.write(f"deepgrad-train needs the server extra: pip install 'deepgrad[server]' ({err.name} is "
+                         "not installed)\n")
+        return 2
+    try:
+        device = choose_device(args.device)
+    except RuntimeError as err:  # torch.device("gpu"): not a device string at all
+        raise CliError(f"--device {args.device!r}: {err}", 2) from err
+    except ValueError as err:  # cuda requested on a machine without it
+        raise CliError(str(err), 1) from err
+    out = args.out if args.out is not None else Path("runs") / args.spec.stem
+    try:
+        with _cancel_on_sigint() as should_stop:
+            run = run_local(spec, out, data_root=args.data_root, device=device, resume=args.resume,
+                            plots=args.plots, should_stop=should_stop)
+    except DataError as err:
+        raise CliError(f"{err}\n(data root: {args.data_root or default_data_root()}; change it with --data-root "
+                       f"or $DEEPGRAD_DATA_ROOT)", 1) from err
+    except CheckpointMismatch as err:
+        raise CliError(f"{out} holds a checkpoint of a different spec (see {out / 'spec.json'}); pass "
+                       "--no-resume to start over there, or choose another --out", 2) from err
+    sys.stdout.write(json.dumps(run.report, indent=2) + "\n" if args.json else summary_text(run.report, out))
+    result = run.result
+    if result.status == "diverged":
+        sys.stderr.write(f"deepgrad-train: run diverged at step {result.diverged_at_step} (non-finite loss or "
+                         "gradient norms); try a lower train.lr, train.grad_clip or fp32 precision\n")
+        return 1
+    if result.status == "cancelled":
+        sys.stderr.write(f"deepgrad-train: stopped after {len(result.history)} complete epoch(s); results so "
+                         f"far are in {out}; run the same command again to resume\n")
+        return 130
+    return 0
+
+
+@contextmanager
+def _cancel_on_sigint() -> Iterator[Callable[[], bool]]:
+    """``should_stop`` for the run: a first Ctrl-C stops after the current step, a second at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop.is_set
+        return
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("Ctrl-C: stopping after the current step (press again to abort at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def summary_text(report: dict[str, Any], out: Path) -> str:
+    """A few lines for a person: accuracy, the vanishing verdicts, where the files are."""
+    spec, final, summary = report["spec"], report["final"], report["summary"]
+    lines = [f"{spec['model']['arch']} on {spec['data']['name']}: {report['status']} after "
+             f"{report['epochs_completed']}/{spec['train']['epochs']} epochs"]
+    if final.get("test_acc") is not None:
+        lines.append(f"  test accuracy      {final['test_acc']:.1%} (best {final['best_test_acc']:.1%} "
+                     f"after epoch {final['best_epoch'] + 1})")
+    for kind in ("weight", "activation"):
+        s, label = summary.get(kind) or {}, f"{kind} grads"
+        ratio = s.get("first_last_ratio")
+        pair = f" ({s['first_layer']}/{s['last_layer']})" if s.get("first_layer") else ""
+        source = "  <- the verdict" if summary.get("vanishing_source") == kind else ""
+        lines.append(f"  {label:<18} no first/last-layer ratio recorded" if ratio is None else
+                     f"  {label:<18} first/last-layer ratio{pair} {ratio:.2e}: "
+                     f"{'VANISHING' if s['vanishing'] else 'not vanishing'} (threshold {s['fraction']:g}){source}")
+    lines.append(f"  files              {out}/ ({', '.join(report['files'][:-1])})")
+    if (out / "plots").is_dir():
+        lines.append(f"  figures            {out / 'plots'}/ (again: deepgrad-plot {out} all)")
+    return "\n".join(lines) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,61 +169,5 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_spec(path: Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """Read a YAML/JSON spec, apply ``KEY.PATH=VALUE`` overrides, validate; model defaults filled in."""
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise CliError(f"cannot read spec {path}: {err}", 2) from err
-    if not isinstance(data, dict):
-        raise CliError(f"spec {path} must hold a mapping (model:, data:, train:, ...), got {type(data).__name__}", 2)
-    for item in overrides:
-        _apply_override(data, item)
-    try:
-        return ExperimentSpec.model_validate(data)
-    except ValidationError as err:
-        lines = "\n".join(f"  {_describe(e)}" for e in err.errors())
-        raise CliError(f"invalid spec {path} ({err.error_count()} error(s)):\n{lines}", 2) from None
-
-
-def _apply_override(data: dict[str, Any], item: str) -> None:
-    key, sep, raw = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(parts):
-        raise CliError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. train.lr=0.01", 2)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise CliError(f"--set {item!r}: value is not valid YAML: {err}", 2) from err
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        if node.get(part) is None:  # a section left empty (`train:`) reads as None
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise CliError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section", 2)
-    node[parts[-1]] = value
-
-
-def _describe(error: dict[str, Any]) -> str:
-    """One pydantic error as ``field.path: message``, naming the valid fields for an unknown one."""
-    loc = [str(p) for p in error["loc"]]
-    where = ".".join(loc) or "spec"
-    if error["type"] == "extra_forbidden":
-        parent: type[BaseModel] = ExperimentSpec
-        for part in loc[:-1]:
-            parent = parent.model_fields[part].annotation
-        return f"{where}: unknown field (valid here: {', '.join(parent.model_fields)})"
-    msg = error["msg"].removeprefix("Value error, ")
-    if error["type"] not in ("value_error", "missing"):
-        msg += f" (got {error.get('input')!r})"
-    return f"{where}: {msg}"
-
-
 if __name__ == "__main__":
-    # Run the package's copy of this module, the one deepgrad_core.local_run imports: a second
-    # copy (this __main__) would define a second CliError class that main could not catch.
-    from deepgrad_core.cli import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepgrad_core.spec import DATASET_CHANNELS, DATASET_CLASSES, DEFAULT_IMAGE_SIDE, DataSpec
+from deepgrad_core.spec import DATASET_CHANNELS, DATASET_CLASSES, DEFAULT_IMAGE_SIDE, DataSpec, ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,21 @@ def load_split(spec: DataSpec, split: Split, *, root: str | os.PathLike[str] | N
         images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
     images = np.require(images, requirements=["C", "W"])  # copies only a read-only or strided array
     return ImageSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), classes, mean, std)
+
+
+def load_splits(spec: ExperimentSpec, root: str | os.PathLike[str] | None, train_data: ImageSplit | None = None,
+                test_data: ImageSplit | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
+                ) -> tuple[ImageSplit, ImageSplit]:
+    """Both splits, loaded unless passed in, each checked against the model's number of classes."""
+    splits = []
+    for name, given in (("train", train_data), ("test", test_data)):
+        split = given if given is not None else load_split(spec.data, name, root=root, cache_dir=cache_dir,
+                                                           in_channels=spec.model.in_channels, seed=spec.seed)
+        if len(split.classes) != spec.model.num_classes:
+            raise ValueError(f"model.num_classes is {spec.model.num_classes} but {name}_data has "
+                             f"{len(split.classes)} classes")
+        splits.append(split)
+    return splits[0], splits[1]
 
 
 def select_per_class(labels: np.ndarray, per_class: int, *, seed: int, salt: str = "") -> np.ndarray:

@@ -81,6 +81,23 @@ def read_meta(path: Path) -> dict[str, Any]:
         return json.loads(f.metadata()["meta"])
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint written for another spec: resuming from it would mix two experiments."""
+
+
+def check_spec(path: Path, spec: Any) -> None:
+    """Raise ``CheckpointMismatch`` unless the checkpoint at ``path`` was written for ``spec`` (validated, so
+    resolved: a spec file that leaves a default out matches the checkpoint that recorded it)."""
+    recorded = read_meta(path).get("spec")
+    try:
+        same = type(spec).model_validate(recorded) == spec
+    except ValueError:  # a spec this version no longer accepts
+        same = False
+    if not same:
+        raise CheckpointMismatch(f"checkpoint {path} was written for a different spec; start over (resume=False, "
+                                 "or --no-resume) or use another checkpoint folder")
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None) -> tuple[dict[str, Any], dict[str, NormBlock]]:
     """Restore model, optimizer and scaler in place; return (meta, norms recorded so far)."""

@@ -15,22 +15,25 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from deepgrad_core.analysis.summary import summarize_run
-from deepgrad_core.data import ImageSplit, load_split
+from deepgrad_core.data import ImageSplit, load_splits
 from deepgrad_core.device import choose_device
 from deepgrad_core.loader import DeviceLoader
-from deepgrad_core.norms import KINDS, NormBlock, concat_blocks
+from deepgrad_core.norms import KINDS, NormBlock, NormBuffer
 from deepgrad_core.spec import ExperimentSpec, as_experiment_spec
 from deepgrad_core.tracker import GradientTracker
-from deepgrad_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_meta, save_checkpoint
+from deepgrad_core.training.checkpoint import CHECKPOINT_NAME, check_spec, load_checkpoint, save_checkpoint
 from deepgrad_core.training.divergence import DivergenceWatch
 from deepgrad_core.training.evaluate import classification_report, evaluate
 from deepgrad_core.training.optim import build_optimizer, lr_at
+
+if TYPE_CHECKING:
+    from deepgrad_core.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Passed to ``on_step`` after every optimizer step. ``loss`` stays on the device:
+    """Passed to ``Sink.step`` after every optimizer step. ``loss`` stays on the device:
     reading it (``float(info.loss)``) is a host sync, so do it only every few steps."""
 
     step: int
@@ -82,80 +85,55 @@ def seed_everything(seed: int) -> None:
 
 def train(model: nn.Module, spec: ExperimentSpec | dict[str, Any], *, device: str | torch.device | None = None,
           data_root: str | Path | None = None, train_data: ImageSplit | None = None,
-          test_data: ImageSplit | None = None, on_step: Callable[[StepInfo], None] | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_norms: Callable[[NormBlock], None] | None = None, on_resume: Callable[[int], None] | None = None,
+          test_data: ImageSplit | None = None, sink: Sink | None = None,
           should_stop: Callable[[], bool] | None = None, checkpoint_dir: str | Path | None = None,
           resume: bool = True) -> TrainResult:
     """Train ``model`` as ``spec`` says, tracking per-layer gradient norms all along.
 
-    Callbacks: ``on_step`` after every step, ``on_epoch`` with each epoch's metrics, ``on_norms``
-    with every flushed ``NormBlock``. ``should_stop`` is polled between steps (cooperative
-    cancel). With ``checkpoint_dir`` a checkpoint is written after every ``checkpoint_every``
+    ``sink`` (a ``deepgrad_core.sink.Sink``) hears ``step`` after every step, ``norms`` with every
+    flushed ``NormBlock``, ``epoch`` with each epoch's metrics and, when a checkpoint is continued, ``resume``
+    first (its ``start``/``finish`` are ``Experiment.run``'s to call). ``should_stop`` is polled between steps
+    (cooperative cancel). With ``checkpoint_dir`` a checkpoint is written after every ``checkpoint_every``
     epochs and, when ``resume`` is true and one exists, the run continues from it exactly.
 
-    Resuming replays what came after the checkpoint, so ``on_norms`` and ``on_epoch`` send again
-    steps and epochs an interrupted call may already have sent. Before replaying, and only when
-    resuming from a checkpoint, ``on_resume(start_step)`` is called once with the first global
-    step that will be run (``start_epoch * steps_per_epoch``, also ``TrainResult.start_step``). A
-    consumer that stores what streams must then discard its norms with ``step >= start_step`` and
-    its epoch metrics with ``epoch >= start_epoch`` (``start_step // steps_per_epoch``).
+    Resuming replays what came after the checkpoint, so ``norms`` and ``epoch`` send again steps and epochs
+    an interrupted call may already have sent: ``resume(start_step)`` (also ``TrainResult.start_step``) says
+    from where (see ``Sink``).
 
     The caller's random number generators are left as they were found.
     """
     spec = as_experiment_spec(spec)
     device = choose_device(str(device) if device is not None else None)
-    train_data, test_data = _splits(spec, data_root, train_data, test_data)
+    train_data, test_data = load_splits(spec, data_root, train_data, test_data)
     model.to(device)
     train_loader = DeviceLoader(train_data, spec.train.batch_size, device=device, train=True,
                                 augment=spec.data.augment, seed=spec.seed)
     test_loader = DeviceLoader(test_data, spec.train.batch_size, device=device, train=False, seed=spec.seed)
-    run = _Run.create(model, spec, device, steps_per_epoch=len(train_loader), on_step=on_step, on_norms=on_norms,
-                      should_stop=should_stop)
+    training = _Training.create(model, spec, device, steps_per_epoch=len(train_loader), sink=sink,
+                                should_stop=should_stop)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch = 0
     if ckpt is not None and resume and ckpt.exists():
-        start_epoch = _resume(run, ckpt)
-        if on_resume is not None:
-            on_resume(start_epoch * run.steps_per_epoch)
+        start_epoch = _resume(training, ckpt)
+        if sink is not None:
+            sink.resume(start_epoch * training.steps_per_epoch)
     # Each epoch seeds the generators dropout draws from (so a resumed run matches): fork them,
     # so that the caller's state is restored afterwards.
-    with torch.random.fork_rng(devices=_cuda_indices(device)), run.tracker:
-        status = run.fit(start_epoch, train_loader, test_loader, on_epoch=on_epoch, checkpoint=ckpt)
-    result = run.result(status, start_step=start_epoch * run.steps_per_epoch, device=device)
+    with torch.random.fork_rng(devices=_cuda_indices(device)), training.tracker:
+        status = training.fit(start_epoch, train_loader, test_loader, checkpoint=ckpt)
+    result = training.result(status, start_step=start_epoch * training.steps_per_epoch, device=device)
     if status == "succeeded":
-        _finish(result, model, test_loader, test_data.classes, run.autocast)
+        _finish(result, model, test_loader, test_data.classes, training.autocast)
     return result
 
 
-def _splits(spec: ExperimentSpec, root: str | Path | None, train_data: ImageSplit | None,
-            test_data: ImageSplit | None) -> tuple[ImageSplit, ImageSplit]:
-    """Both splits, loaded unless passed in, each checked against the model's number of classes."""
-    splits = []
-    for name, given in (("train", train_data), ("test", test_data)):
-        split = given if given is not None else load_split(spec.data, name, root=root,
-                                                           in_channels=spec.model.in_channels, seed=spec.seed)
-        if len(split.classes) != spec.model.num_classes:
-            raise ValueError(f"model.num_classes is {spec.model.num_classes} but {name}_data has "
-                             f"{len(split.classes)} classes")
-        splits.append(split)
-    return splits[0], splits[1]
-
-
-def _resume(run: _Run, path: Path) -> int:
+def _resume(training: _Training, path: Path) -> int:
     """Restore weights, optimizer, scaler, history and norms from ``path``; return the next epoch."""
-    meta = read_meta(path)
-    try:
-        same = ExperimentSpec.model_validate(meta["spec"]) == run.spec  # validated specs are resolved
-    except ValueError:  # a spec this version no longer accepts
-        same = False
-    if not same:
-        raise ValueError(f"checkpoint {path} was written for a different spec; use another "
-                         "checkpoint_dir or resume=False")
-    meta, saved = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scaler=run.scaler)
-    run.history = meta["history"]
+    check_spec(path, training.spec)  # before any weight is loaded
+    meta, saved = load_checkpoint(path, model=training.model, optimizer=training.optimizer, scaler=training.scaler)
+    training.history = meta["history"]
     for kind, block in saved.items():
-        run.blocks[kind].append(block)
+        training.norms[kind].append(block)
     log.info("resumed from %s after epoch %d", path, meta["epoch"])
     return meta["epoch"] + 1
 
@@ -191,8 +169,8 @@ def _finish(result: TrainResult, model: nn.Module, test_loader: DeviceLoader, cl
 
 
 @dataclass
-class _Run:
-    """State of one training run shared by the epoch loop and the flush callback."""
+class _Training:
+    """State of one training shared by the epoch loop and the flush callback."""
 
     model: nn.Module
     spec: ExperimentSpec
@@ -201,36 +179,36 @@ class _Run:
     autocast: Callable
     criterion: nn.Module
     steps_per_epoch: int
-    on_step: Callable[[StepInfo], None] | None
-    on_norms: Callable[[NormBlock], None] | None
+    sink: Sink | None
     should_stop: Callable[[], bool] | None
     watch: DivergenceWatch
     first_bad_loss: Tensor  # first step with a non-finite loss (-1: none yet), kept on the device
     tracker: GradientTracker | None = None
-    blocks: dict[str, list[NormBlock]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    norms: dict[str, NormBuffer] = field(default_factory=lambda: {kind: NormBuffer() for kind in KINDS})
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # "diverged" | "cancelled"
     diverged_at: int | None = None
 
     @classmethod
-    def create(cls, model: nn.Module, spec: ExperimentSpec, device: torch.device, **callbacks: Any) -> _Run:
-        """A run ready for its first step: optimizer, mixed precision, tracker."""
+    def create(cls, model: nn.Module, spec: ExperimentSpec, device: torch.device, **callbacks: Any) -> _Training:
+        """A training ready for its first step: optimizer, mixed precision, tracker."""
         ts, tracking = spec.train, spec.tracking
         scaler = torch.amp.GradScaler(device.type) if ts.precision == "fp16" else None
         autocast = (partial(torch.autocast, device.type, dtype=_AMP_DTYPES[ts.precision])
                     if ts.precision in _AMP_DTYPES else nullcontext)
-        run = cls(model=model, spec=spec, optimizer=build_optimizer(model, ts), scaler=scaler, autocast=autocast,
+        training = cls(model=model, spec=spec, optimizer=build_optimizer(model, ts), scaler=scaler, autocast=autocast,
                   criterion=nn.CrossEntropyLoss(label_smoothing=ts.label_smoothing),
                   watch=DivergenceWatch(scaled=scaler is not None),
                   first_bad_loss=torch.full((), -1, dtype=torch.int64, device=device), **callbacks)
-        run.tracker = GradientTracker(model, layer_types=tracking.layer_types, mode=tracking.mode,
-                                      activation_every=tracking.activation_every,
-                                      flush_every=tracking.flush_every, scaler=scaler, on_flush=run.on_flush)
-        return run
+        training.tracker = GradientTracker(model, layer_types=tracking.layer_types, mode=tracking.mode,
+                                           activation_every=tracking.activation_every,
+                                           flush_every=tracking.flush_every, scaler=scaler,
+                                           on_flush=training.on_flush)
+        return training
 
     def fit(self, start_epoch: int, train_loader: DeviceLoader, test_loader: DeviceLoader, *,
-            on_epoch: Callable[[dict[str, Any]], None] | None, checkpoint: Path | None) -> str:
-        """Train the epochs from ``start_epoch`` on; return the run's status."""
+            checkpoint: Path | None) -> str:
+        """Train the epochs from ``start_epoch`` on; return the status."""
         every = self.spec.checkpoint_every
         for epoch in range(start_epoch, self.spec.train.epochs):
             metrics = self.train_epoch(epoch, train_loader)
@@ -239,11 +217,11 @@ class _Run:
                 return self.stopped
             metrics |= self.test_metrics(test_loader)
             self.history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
+            if self.sink is not None:
+                self.sink.epoch(metrics)
             if checkpoint is not None and every and (epoch + 1) % every == 0:
                 save_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-                                norms={k: concat_blocks(v) for k, v in self.blocks.items()},
+                                norms={k: v.block() for k, v in self.norms.items()},
                                 meta={"epoch": epoch, "history": self.history,
                                       "spec": self.spec.model_dump(mode="json")})
         return "succeeded"
@@ -268,8 +246,8 @@ class _Run:
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if self.on_step is not None:
-                self.on_step(StepInfo(step, epoch, batch, self.steps_per_epoch, lr, loss.detach()))
+            if self.sink is not None:
+                self.sink.step(StepInfo(step, epoch, batch, self.steps_per_epoch, lr, loss.detach()))
             if self.stopped:
                 break
         seconds = time.perf_counter() - started
@@ -313,9 +291,9 @@ class _Run:
 
     def on_flush(self, block: NormBlock) -> None:
         """Keep the block, pass it on, and stop the run at the first sign of divergence."""
-        self.blocks[block.kind].append(block)
-        if self.on_norms is not None:
-            self.on_norms(block)
+        self.norms[block.kind].append(block)
+        if self.sink is not None:
+            self.sink.norms(block)
         # Watch the kind recorded at every step: weights (fused mode) or outputs (the original mode).
         if block.kind != ("weight" if self.spec.tracking.mode == "fused" else "activation") or self.stopped:
             return
@@ -331,7 +309,7 @@ class _Run:
         return {"test_loss": loss, "test_acc": acc}
 
     def result(self, status: str, *, start_step: int, device: torch.device) -> TrainResult:
-        norms = {k: concat_blocks(v) for k, v in self.blocks.items()}
+        norms = {k: v.block() for k, v in self.norms.items()}
         return TrainResult(spec=self.spec, status=status, history=self.history, norms=norms,
                            steps_per_epoch=self.steps_per_epoch, start_step=start_step,
                            layers=[la.to_dict() for la in self.tracker.layers],

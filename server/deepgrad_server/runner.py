@@ -9,19 +9,26 @@ write that itself (``EXIT_REASONS``); killed by a signal, it wrote nothing and t
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deepgrad_core.sink import Sink
 from deepgrad_core.strict_json import strict_json
 from deepgrad_server import store
 from deepgrad_server.db import Database
+from deepgrad_server.failures import JobFailure, classify
+
+if TYPE_CHECKING:
+    from deepgrad_core.experiment import Experiment
+    from deepgrad_core.norms import NormBlock
+    from deepgrad_core.training import StepInfo, TrainResult
 
 log = logging.getLogger("deepgrad_server.runner")
 
@@ -29,12 +36,6 @@ EXIT_REASONS = {10: "error", 11: "out_of_memory", 12: "data_missing", 13: "disk_
 _EXIT_CODES = {reason: code for code, reason in EXIT_REASONS.items()}
 PROGRESS_EVERY_S = 1.0
 NICE_ON_CPU = 10
-
-
-class JobFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
 
 
 def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None,
@@ -51,7 +52,7 @@ def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     db = Database(database_url)
     try:
-        run_job(db, job_id, data_root=Path(data_root), job_dir=Path(jobs_dir) / job_id, device=device,
+        execute(db, job_id, data_root=Path(data_root), job_dir=Path(jobs_dir) / job_id, device=device,
                 should_stop=stop.is_set, cache_dir=Path(cache_dir) if cache_dir else None)
     except JobFailure as failure:
         log.error("failed (%s): %s", failure.reason, failure.message)
@@ -86,65 +87,25 @@ def _first_to_go() -> None:
         pass
 
 
-def run_job(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
-            should_stop: Any, cache_dir: Path | None = None) -> None:
-    """Train the job and record it; raise ``JobFailure`` with a reason a user can act on."""
+def execute(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
+            should_stop: Callable[[], bool], cache_dir: Path | None = None) -> None:
+    """Run the job into the store; raise ``JobFailure`` with a reason a user can act on."""
     try:
-        _run(db, job_id, data_root=data_root, job_dir=job_dir, device=device, should_stop=should_stop,
-             cache_dir=cache_dir)
+        _execute(db, job_id, data_root=data_root, job_dir=job_dir, device=device, should_stop=should_stop,
+                 cache_dir=cache_dir)
     except JobFailure:
         raise
     except Exception as err:
-        raise _classify(err) from err
+        raise classify(err) from err
 
 
-def _classify(err: BaseException) -> JobFailure:
-    from deepgrad_core.data import DataError
-
-    text = f"{type(err).__name__}: {err}"[:1500]
-    if isinstance(err, DataError):
-        return JobFailure("data_missing", str(err)[:1500])
-    if _is_oom(err):
-        return JobFailure("out_of_memory", f"out of memory: {str(err)[:800]}; lower train.batch_size or "
-                                           "model.width, or use train.precision bf16")
-    if _is_disk_full(err):
-        return JobFailure("disk_full", f"no space left on the server's disk: {str(err)[:800]}")
-    return JobFailure("error", text)
-
-
-def _is_oom(err: BaseException) -> bool:
+def _execute(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
+             should_stop: Callable[[], bool], cache_dir: Path | None) -> None:
     import torch
 
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    msg = str(err)
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg)
-
-
-def _is_disk_full(err: BaseException) -> bool:
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        msg = str(seen).lower()
-        if "database or disk is full" in msg or "no space left" in msg:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
-         should_stop: Any, cache_dir: Path | None) -> None:
-    import torch
-
-    from deepgrad_core.analysis import cost_report, first_layer_filters
-    from deepgrad_core.data import load_split
     from deepgrad_core.device import choose_device
-    from deepgrad_core.loader import batches_per_epoch
-    from deepgrad_core.models import build_model, tracked_layers
+    from deepgrad_core.experiment import prepare
     from deepgrad_core.spec import ExperimentSpec
-    from deepgrad_core.training import seed_everything, train
-    from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 
     with db.reading() as s:
         job = store.get_job(s, job_id=job_id)
@@ -154,57 +115,67 @@ def _run(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: s
         os.nice(NICE_ON_CPU)
     else:
         _check_device_memory(spec, dev)
-    splits = [load_split(spec.data, name, root=data_root, in_channels=spec.model.in_channels, seed=spec.seed,
-                         cache_dir=cache_dir) for name in ("train", "test")]
-    seed_everything(spec.seed)
-    model = build_model(spec.model).to(dev)
-    cost = cost_report(model, spec.input_shape, measure_peak=dev.type == "cuda",
-                       batch_size=min(spec.train.batch_size, 256))
-    layers = [la.to_dict() for la in tracked_layers(model, spec.tracking.layer_types)]
-    steps_per_epoch = batches_per_epoch(len(splits[0]), spec.train.batch_size, train=True)
-    with db.writing() as s:
-        store.update_job(s, job_id=job_id, cost=strict_json(cost.to_dict()), layers=layers,
-                         steps_per_epoch=steps_per_epoch)
-        if not (job_dir / CHECKPOINT_NAME).exists():  # a fresh start: drop what an earlier attempt streamed
-            store.truncate_from(s, job_id=job_id, step=0)
-            store.put_array(s, job_id=job_id, name="filters_init", array=first_layer_filters(model))
-    progress = _Progress(db, job_id, spec, steps_per_epoch)
-
-    def on_epoch(metrics: dict[str, Any]) -> None:
-        with db.writing() as s:
-            store.put_epoch(s, job_id=job_id, metrics=strict_json(metrics))
-            store.update_job(s, job_id=job_id, filters=store.encode_array(first_layer_filters(model)))
-        progress.epoch_done(metrics)
-
-    registered: set[str] = set()  # kinds whose layer names are in the store: later blocks are a bare INSERT
-
-    def on_norms(block: Any) -> None:
-        with db.writing() as s:
-            store.append_norms(s, job_id=job_id, block=block, registered=registered)
-
-    def on_resume(step: int) -> None:
-        with db.writing() as s:
-            store.truncate_from(s, job_id=job_id, step=step)
-
-    result = train(model, spec, device=dev, train_data=splits[0], test_data=splits[1], on_step=progress.step,
-                   on_epoch=on_epoch, on_norms=on_norms, on_resume=on_resume, should_stop=should_stop,
-                   checkpoint_dir=job_dir)
-    progress.write(final=True)
-    summary, layer_means = split_summary(strict_json(result.summary))
-    fields = {"environment": result.environment, "summary": summary, "layer_means": layer_means,
-              "final": strict_json(result.final) or None, "per_class": strict_json(result.per_class),
-              "confusion": result.confusion, "diverged_at_step": result.diverged_at_step,
-              "layers": result.layers, "filters": store.encode_array(first_layer_filters(model))}
-    reason = message = None
-    if result.status == "diverged":
-        reason, message = "diverged", (f"non-finite loss or gradient norms at step {result.diverged_at_step}; "
-                                       "everything recorded before is kept; try a lower train.lr or train.grad_clip")
-    elif result.status == "cancelled":
-        reason, message = "cancelled", f"cancelled after {len(result.history)} complete epoch(s)"
-    with db.writing() as s:
-        store.finish(s, job_id=job_id, state=result.status, reason=reason, message=message, **fields)
+    experiment = prepare(spec, data_root=data_root, device=dev, cache_dir=cache_dir)
+    result = experiment.run(DatabaseSink(db, job_id), should_stop=should_stop, checkpoint_dir=job_dir)
     if result.status == "succeeded" and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+class DatabaseSink(Sink):
+    """Streams a running experiment into the store: norms as they flush, metrics and filters per epoch,
+    progress once a second, the result at the end; a resumed run first drops what it will send again."""
+
+    def __init__(self, db: Database, job_id: str) -> None:
+        self.db, self.job_id = db, job_id
+        self.registered: set[str] = set()  # kinds whose layer names are in the store: later blocks are a bare INSERT
+        self.progress: _Progress | None = None
+        self.filters: Callable[[], Any] = lambda: None  # the first conv's filters now, once started
+
+    def start(self, experiment: Experiment, *, resuming: bool) -> None:
+        from deepgrad_core.analysis.filters import first_layer_filters  # torch: only the job process needs it
+
+        self.filters = lambda: first_layer_filters(experiment.model)
+        self.progress = _Progress(self.db, self.job_id, experiment.spec, experiment.steps_per_epoch)
+        with self.db.writing() as s:
+            store.update_job(s, job_id=self.job_id, cost=strict_json(experiment.cost.to_dict()),
+                             layers=experiment.layers, steps_per_epoch=experiment.steps_per_epoch)
+            if not resuming:  # a fresh start: drop what an earlier attempt streamed
+                store.truncate_from(s, job_id=self.job_id, step=0)
+                store.put_array(s, job_id=self.job_id, name="filters_init", array=experiment.filters_init)
+
+    def resume(self, start_step: int) -> None:
+        with self.db.writing() as s:
+            store.truncate_from(s, job_id=self.job_id, step=start_step)
+
+    def step(self, info: StepInfo) -> None:
+        self.progress.step(info)
+
+    def norms(self, block: NormBlock) -> None:
+        with self.db.writing() as s:
+            store.append_norms(s, job_id=self.job_id, block=block, registered=self.registered)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        with self.db.writing() as s:
+            store.put_epoch(s, job_id=self.job_id, metrics=strict_json(metrics))
+            store.update_job(s, job_id=self.job_id, filters=store.encode_array(self.filters()))
+        self.progress.epoch_done(metrics)
+
+    def finish(self, result: TrainResult) -> None:
+        self.progress.write()
+        summary, layer_means = split_summary(strict_json(result.summary))
+        fields = {"environment": result.environment, "summary": summary, "layer_means": layer_means,
+                  "final": strict_json(result.final) or None, "per_class": strict_json(result.per_class),
+                  "confusion": result.confusion, "diverged_at_step": result.diverged_at_step,
+                  "layers": result.layers, "filters": store.encode_array(self.filters())}
+        reason = message = None
+        if result.status == "diverged":
+            reason, message = "diverged", (f"non-finite loss or gradient norms at step {result.diverged_at_step}; "
+                                           "everything recorded before is kept; try a lower train.lr or "
+                                           "train.grad_clip")
+        elif result.status == "cancelled":
+            reason, message = "cancelled", f"cancelled after {len(result.history)} complete epoch(s)"
+        with self.db.writing() as s:
+            store.finish(s, job_id=self.job_id, state=result.status, reason=reason, message=message, **fields)
 
 
 def _check_device_memory(spec: Any, dev: Any) -> None:
@@ -253,7 +224,7 @@ class _Progress:
                           images_per_sec=_num(metrics["images_per_sec"]))
         self.write()
 
-    def write(self, final: bool = False) -> None:
+    def write(self) -> None:
         self.last_write = time.monotonic()
         with self.db.writing() as s:
             store.update_job(s, job_id=self.job_id, progress={**self.state, "updated_at": store.now()})

@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 
-from deepgrad_core.cli import load_spec, main
+from deepgrad_core.cli import main
 from deepgrad_core.spec import ExperimentSpec
+from deepgrad_core.specfile import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))

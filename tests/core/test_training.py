@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deepgrad_core import ExperimentSpec, build_model, load_split, tracked_layers
+from deepgrad_core.experiment import Sink
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.spec import TrainSpec
 from deepgrad_core.training import classification_report, lr_at, seed_everything, train
@@ -27,6 +28,14 @@ def _spec(**overrides) -> ExperimentSpec:
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return ExperimentSpec.model_validate(spec)
+
+
+class Hooks(Sink):
+    """A sink made of plain functions, e.g. ``Hooks(step=steps.append)``."""
+
+    def __init__(self, **hooks) -> None:
+        for name, hook in hooks.items():
+            setattr(self, name, hook)
 
 
 def _fresh(spec: ExperimentSpec):
@@ -51,7 +60,7 @@ def test_train_same_seed_gives_identical_metrics_and_norms():
 def test_train_result_contents():
     spec = _spec()
     epochs, blocks = [], []
-    result = train(_fresh(spec), spec, on_epoch=epochs.append, on_norms=blocks.append)
+    result = train(_fresh(spec), spec, sink=Hooks(epoch=epochs.append, norms=blocks.append))
     assert result.status == "succeeded" and len(result.history) == 3 and epochs == result.history
     steps = result.steps_per_epoch * 3
     assert result.norms["weight"].steps.tolist() == list(range(steps))
@@ -77,15 +86,15 @@ def test_train_interrupted_and_resumed_equals_uninterrupted(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train(_fresh(spec), spec, checkpoint_dir=tmp_path, on_step=crash_in_epoch_two)
+        train(_fresh(spec), spec, checkpoint_dir=tmp_path, sink=Hooks(step=crash_in_epoch_two))
     seed_everything(123)  # a resumed process starts from other RNG state; the checkpoint must not care
     resumed = train(build_model(spec.model), spec, checkpoint_dir=tmp_path)
     _assert_same_run(full, resumed)
     assert resumed.norms["weight"].steps.tolist() == list(range(4 * full.steps_per_epoch))  # no gap/duplicate
 
 
-class _Store:
-    """A consumer that persists what ``train`` streams, as the server does, and truncates on ``on_resume``."""
+class _Store(Sink):
+    """A sink that persists what ``train`` streams, as the server's does, and truncates on ``resume``."""
 
     def __init__(self, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
@@ -93,16 +102,13 @@ class _Store:
         self.epochs: list[dict] = []
         self.resumed_at: list[int] = []
 
-    def callbacks(self) -> dict:
-        return {"on_norms": self.on_norms, "on_epoch": self.on_epoch, "on_resume": self.on_resume}
-
-    def on_epoch(self, metrics: dict) -> None:
+    def epoch(self, metrics: dict) -> None:
         self.epochs.append(metrics)
 
-    def on_norms(self, block: NormBlock) -> None:
+    def norms(self, block: NormBlock) -> None:
         self.rows.setdefault(block.kind, []).extend(zip(block.steps.tolist(), block.values.tolist(), strict=True))
 
-    def on_resume(self, start_step: int) -> None:
+    def resume(self, start_step: int) -> None:
         self.resumed_at.append(start_step)
         self.rows = {kind: [r for r in rows if r[0] < start_step] for kind, rows in self.rows.items()}
         start_epoch = start_step // self.steps_per_epoch
@@ -117,24 +123,25 @@ class _Store:
                          ids=["sgd-fp32", "adam-fp16"])
 def test_resumed_stream_equals_uninterrupted_run(tmp_path, train_opts):
     """Checkpoints every 2 epochs, a cancel in epoch 3 (0-based): epoch 2 and part of epoch 3 stream twice, and
-    the consumer that truncates at ``on_resume`` ends up with the uninterrupted series exactly."""
+    the sink that truncates at ``resume`` ends up with the uninterrupted series exactly."""
     spec = _spec(train={"epochs": 4, **train_opts}, tracking={"flush_every": 3, "activation_every": 2},
                  checkpoint_every=2)
     full = train(_fresh(spec), spec)
     spe = full.steps_per_epoch
     reference = _Store(spe)
     for block in (full.norms["weight"], full.norms["activation"]):
-        reference.on_norms(block)
+        reference.norms(block)
     reference.epochs = full.history
 
     store, steps = _Store(spe), []
-    first = train(_fresh(spec), spec, checkpoint_dir=tmp_path, on_step=lambda info: steps.append(info.step),
-                  should_stop=lambda: len(steps) == 3 * spe + 2, **store.callbacks())
+    store.step = lambda info: steps.append(info.step)
+    first = train(_fresh(spec), spec, checkpoint_dir=tmp_path, should_stop=lambda: len(steps) == 3 * spe + 2,
+                  sink=store)
     assert first.status == "cancelled" and first.start_step == 0 and store.resumed_at == []
     assert max(s for s, _ in store.rows["weight"]) == 3 * spe + 1  # streamed past the checkpoint (epoch 1)
     assert [m["epoch"] for m in store.epochs] == [0, 1, 2]
     seed_everything(123)  # a resumed process starts from other RNG state; the checkpoint must not care
-    resumed = train(build_model(spec.model), spec, checkpoint_dir=tmp_path, **store.callbacks())
+    resumed = train(build_model(spec.model), spec, checkpoint_dir=tmp_path, sink=store)
     assert store.resumed_at == [2 * spe] and resumed.start_step == 2 * spe
     assert [s for s, _ in store.rows["weight"]] == list(range(4 * spe))  # no gap, no duplicate
     assert store.series() == reference.series()
@@ -160,7 +167,7 @@ def test_checkpoint_records_the_resolved_spec_as_the_cli_does(tmp_path):
         train(_fresh(first), first, checkpoint_dir=tmp_path / str(i))
         assert read_meta(tmp_path / str(i) / CHECKPOINT_NAME)["spec"] == spec.model_dump(mode="json")
         starts: list[int] = []
-        result = train(_fresh(then), then, checkpoint_dir=tmp_path / str(i), on_resume=starts.append)
+        result = train(_fresh(then), then, checkpoint_dir=tmp_path / str(i), sink=Hooks(resume=starts.append))
         assert starts == [result.steps_per_epoch] == [result.start_step] and len(result.history) == 1
 
 
@@ -269,7 +276,7 @@ def test_divergence_watch_rules():
 def test_should_stop_cancels_between_steps():
     spec = _spec(train={"epochs": 50})
     steps = []
-    result = train(_fresh(spec), spec, on_step=lambda info: steps.append(info.step),
+    result = train(_fresh(spec), spec, sink=Hooks(step=lambda info: steps.append(info.step)),
                    should_stop=lambda: len(steps) >= 5)
     assert result.status == "cancelled" and len(steps) == 5
     assert result.norms["weight"].steps.tolist() == list(range(5))

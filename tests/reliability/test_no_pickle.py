@@ -245,9 +245,14 @@ def test_malicious_checkpoint_is_refused_not_run(tmp_path: Path, kind: str) -> N
 def test_resuming_a_job_from_a_malicious_checkpoint_fails_without_running_it(tmp_path: Path) -> None:
     """The resume path a worker takes (``train(..., checkpoint_dir=<job dir>)`` finds ``last.safetensors``):
     a pickle planted there stops the run with an error before any training; its code never runs."""
+    from deepgrad_core.experiment import Sink
     from deepgrad_core.models import build_model
     from deepgrad_core.spec import ExperimentSpec
     from deepgrad_core.training import train
+
+    class StepList(Sink):
+        def __init__(self, steps: list[object]) -> None:
+            self.step = steps.append
     from deepgrad_core.training.checkpoint import CHECKPOINT_NAME
 
     marker = tmp_path / "pwned"
@@ -257,5 +262,5 @@ def test_resuming_a_job_from_a_malicious_checkpoint_fails_without_running_it(tmp
     spec = ExperimentSpec.model_validate(TINY)
     steps: list[object] = []
     with pytest.raises(Exception, match="(?i)header|deserializ|safetensor"):
-        train(build_model(spec.model), spec, device="cpu", checkpoint_dir=job_dir, on_step=steps.append)
+        train(build_model(spec.model), spec, device="cpu", checkpoint_dir=job_dir, sink=StepList(steps))
     assert not marker.exists() and not steps
