@@ -22,15 +22,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-ARCHS = ("vgg16", "vgg_deep", "resnet18")
-KERNEL_SIZES = (3, 5, 7)
-POOLINGS = ("max", "avg")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid")
-INITS = ("default", "kaiming_normal", "xavier_normal", "orthogonal")
-DATASETS = ("cifar10", "fashion_mnist", "synthetic")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# Each set of allowed values is written once, as the field's type; the tuples are read from it.
+Arch = Literal["vgg16", "vgg_deep", "resnet18"]
+KernelSize = Literal[3, 5, 7]
+Pooling = Literal["max", "avg"]
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]
+Init = Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"]
+Dataset = Literal["cifar10", "fashion_mnist", "synthetic"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["constant", "step", "cosine", "onecycle"]
+Precision = Literal["fp32", "bf16", "fp16"]
+ARCHS, KERNEL_SIZES, POOLINGS, ACTIVATIONS, INITS, DATASETS, OPTIMIZERS, SCHEDULES, PRECISIONS = (
+    typing.get_args(t) for t in (Arch, KernelSize, Pooling, Activation, Init, Dataset, Optimizer, Schedule,
+                                 Precision))
 # What deepgrad_core.data's loaders produce for each data set (Fashion-MNIST is padded to 32x32).
 DATASET_CLASSES = {"cifar10": 10, "fashion_mnist": 10, "synthetic": 10}
 DATASET_CHANNELS = {"cifar10": 3, "fashion_mnist": 1}  # synthetic: as many as model.in_channels
@@ -79,12 +83,12 @@ class _Spec(BaseModel):
 class ModelSpec(_Spec):
     """Architecture and its options; ``None`` in a field means the family's default, filled in at validation."""
 
-    arch: Literal["vgg16", "vgg_deep", "resnet18"] = Field(
+    arch: Arch = Field(
         description="vgg16: VGG-16 with batch norm and dropout; vgg_deep: VGG-16 plus four convs, no batch norm, "
                     "no dropout (gradients vanish); resnet18: ResNet-18 for 32x32 images")
-    kernel_size: Literal[3, 5, 7] = Field(default=3, description="side of every main-path conv kernel")
-    pooling: Literal["max", "avg"] = Field(default="max", description="VGG's down-sampling between blocks")
-    activation: Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"] = Field(
+    kernel_size: KernelSize = Field(default=3, description="side of every main-path conv kernel")
+    pooling: Pooling = Field(default="max", description="VGG's down-sampling between blocks")
+    activation: Activation = Field(
         default="relu", description="the nonlinearity after every conv and hidden linear layer")
     batch_norm: StrictBool | None = Field(default=None, description="batch norm after every conv (null: the "
                                           "family's default: vgg16 and resnet18 true, vgg_deep false)")
@@ -95,7 +99,7 @@ class ModelSpec(_Spec):
     bottleneck_factor: int = Field(default=4, ge=2, le=16, description="channel reduction of the 1x1 bottleneck")
     residual: StrictBool | None = Field(default=None, description="shortcut connections (null: resnet18 true; "
                                         "false gives He et al.'s plain net; in VGG: identity where shapes match)")
-    init: Literal["default", "kaiming_normal", "xavier_normal", "orthogonal"] = Field(
+    init: Init = Field(
         default="default", description="weight init of convs and linears (default: PyTorch's, which makes "
                                        "VGG-Deep's gradients vanish; kaiming_normal: He et al. 2015)")
     extra_convs: int | None = Field(default=None, ge=0, le=16, description="convs added to VGG-16, one per block "
@@ -141,7 +145,7 @@ class ModelSpec(_Spec):
 class DataSpec(_Spec):
     """A data set by name; the server resolves names inside its own data root (never a path)."""
 
-    name: Literal["cifar10", "fashion_mnist", "synthetic"] = "cifar10"
+    name: Dataset = "cifar10"
     subset: int | None = Field(default=None, ge=1, le=MAX_PER_CLASS,
                                description="training images per class (None: all; synthetic: 100)")
     test_subset: int | None = Field(default=None, ge=1, le=MAX_PER_CLASS,
@@ -157,19 +161,19 @@ class TrainSpec(_Spec):
 
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=128, ge=1, le=8192)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = Field(default=0.05, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     nesterov: StrictBool = False
     weight_decay: float = Field(default=5e-4, ge=0.0)
-    schedule: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    schedule: Schedule = "cosine"
     warmup_epochs: float = Field(default=0.0, ge=0.0, description="epochs of linear warm-up; must be shorter "
                                  "than train.epochs (0: none)")
     step_size: int = Field(default=30, ge=1, description="epochs between decays for schedule 'step'")
     gamma: float = Field(default=0.1, gt=0.0, le=1.0, description="decay factor for schedule 'step'")
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(default=None, gt=0.0, description="max global grad norm (None: off)")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
 
     @model_validator(mode="after")
     def _optimizer_rules(self) -> TrainSpec:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+from deepgrad_core.spec import ACTIVATIONS
+
+_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
     "elu": nn.ELU,
@@ -12,6 +14,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
+assert set(_MODULES) == set(ACTIVATIONS), "every activation the spec allows has a module, and no other"
 # torch.nn.init.calculate_gain's names; ELU and GELU behave like ReLU for variance purposes.
 _GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "elu": "relu", "gelu": "relu",
               "tanh": "tanh", "sigmoid": "sigmoid"}
@@ -32,9 +35,9 @@ def tag(module: nn.Module, role: str) -> nn.Module:
 def make_activation(name: str) -> nn.Module:
     # Never in-place: a gradient hook on a conv's output must see that output, not a
     # tensor an in-place activation has overwritten.
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {list(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {name!r}")
+    return _MODULES[name]()
 
 
 def make_pool(name: str) -> nn.Module:

@@ -6,10 +6,10 @@ from matplotlib.figure import Figure
 
 from deepgrad_core.norms import KINDS
 from deepgrad_core.plots.compare import compare_depth_figure, compare_filters_figure, compare_metrics_figure
+from deepgrad_core.plots.gradients import depth_figure, heatmap_figure, norms_figure, selected_figure
 from deepgrad_core.plots.job import JobData, PlotParameterError
 from deepgrad_core.plots.metrics import metrics_figure
 from deepgrad_core.plots.model import compare_cost_figure, cost_figure, filters_figure
-from deepgrad_core.plots.norms import depth_figure, heatmap_figure, norms_figure, selected_figure
 from deepgrad_core.plots.ratio import compare_ratio_figure, ratio_figure
 
 JOB_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")

@@ -62,29 +62,6 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.divide(total, count, out=np.full_like(total, np.nan), where=count > 0)
 
 
-def downsample_minmax(x: np.ndarray, values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_points`` points per column: each of ``max_points // 2`` buckets keeps its min and max.
-
-    A one-step spike is a bucket's max, so it survives however long the series. ``values`` is
-    ``[n, L]`` with NaN for missing; a bucket with no value in a column stays NaN there. The bucket's
-    min is drawn at its first x and its max at its last x.
-    """
-    n = len(x)
-    if n <= max_points:
-        return x, values
-    buckets = max(max_points // 2, 1)
-    starts = np.linspace(0, n, buckets + 1).astype(np.int64)
-    ends, starts = starts[1:], starts[:-1]  # every bucket holds >= 2 points since n > max_points
-    present = ~np.isnan(values)
-    low = np.minimum.reduceat(np.where(present, values, np.inf), starts, axis=0)
-    high = np.maximum.reduceat(np.where(present, values, -np.inf), starts, axis=0)
-    low[np.isinf(low)] = np.nan
-    high[np.isinf(high)] = np.nan
-    xs = np.stack([x[starts], x[ends - 1]], axis=1).reshape(-1)
-    ys = np.stack([low, high], axis=1).reshape(2 * buckets, *values.shape[1:])
-    return xs, ys
-
-
 def binned_log10(steps: np.ndarray, values: np.ndarray, bins: int) -> tuple[np.ndarray, tuple[float, float]]:
     """``[L, bins]`` mean of log10(value) per layer over equal-width step bins, and the bins' step range.
 

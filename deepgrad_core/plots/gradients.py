@@ -27,10 +27,10 @@ from deepgrad_core.plots.series import (
     Hidden,
     binned_log10,
     default_selected,
-    downsample_minmax,
     mask_hidden,
     moving_average,
 )
+from deepgrad_core.series import downsample
 
 _MARKERS_BELOW = 50  # points per line under which each point gets a marker (a single point is otherwise invisible)
 _MAX_TICK_LABELS = 24
@@ -60,7 +60,7 @@ def _lines(ax: Axes, job: JobData, block: NormBlock, cols: list[int], colors: li
     """
     values, hidden = mask_hidden(block.values[:, cols], log=True)
     points = min(max_points, 2 * pixel_columns(ax))
-    x, y = downsample_minmax(block.steps, moving_average(values, smooth), points)
+    x, y = downsample(block.steps, moving_average(values, smooth), points, nonfinite="hide")
     marker = "o" if len(x) < _MARKERS_BELOW else None
     for j, color in enumerate(colors):
         ax.plot(x, y[:, j], color=color, linewidth=0.9, marker=marker, markersize=3,
