@@ -47,7 +47,9 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 Job = dict[str, Any]
 """A job as the server sends it (see docs/api.md): ``id``, ``name``, ``state``, ``progress``, ``final``, ..."""
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "diverged"})
+# A job's states, listed once on this side (the server's list is its own: the client imports nothing of ours).
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
+TERMINAL_STATES = frozenset(STATES) - {"queued", "running"}
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # The events stream sends a keep-alive comment every 15 s; a read timeout above that means a dead stream.
 STREAM_READ_TIMEOUT = 60.0

@@ -18,12 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import _render
-from ._client import TERMINAL_STATES, Client, Job
+from ._client import STATES, TERMINAL_STATES, Client, Job
 from ._exceptions import DeepGradError, InputError, WaitTimeout
 from ._spec import apply_overrides, load_spec
 from ._watch import watch as watch_job
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
 PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")
 COMPARE_PLOT_KINDS = ("metrics", "depth", "ratio", "filters", "cost")
 GRADIENT_KINDS = ("weight", "activation", "global")

@@ -3,13 +3,15 @@ each holding int64 step numbers and a float32 ``[steps x layers]`` array, never 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "diverged")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "diverged"})
+# A job's states, listed once on this side (the client keeps its own list: it imports nothing of ours).
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
+STATES: tuple[str, ...] = get_args(JobState)
+TERMINAL = frozenset(STATES) - {"queued", "running"}
 
 
 class Base(DeclarativeBase):

@@ -8,9 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from deepgrad_core.spec import ExperimentSpec, spec_changes
-from deepgrad_server.models import Job
+from deepgrad_server.models import Job, JobState
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "diverged"]
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 
 

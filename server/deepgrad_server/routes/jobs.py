@@ -15,8 +15,8 @@ from fastapi.responses import StreamingResponse
 
 from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
-from deepgrad_server.models import TERMINAL
-from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, JobState, MetricsPublic, errors, job_public
+from deepgrad_server.models import TERMINAL, JobState
+from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public
 
 router = APIRouter(tags=["jobs"])
 
