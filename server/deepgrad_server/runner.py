@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,30 +39,53 @@ PROGRESS_EVERY_S = 1.0
 NICE_ON_CPU = 10
 
 
-def main(database_url: str, job_id: str, data_root: str, jobs_dir: str, device: str | None,
-         threads: int | None = None, cache_dir: str | None = None) -> None:
-    """Entry point of the child process (``multiprocessing`` target)."""
+@dataclass(frozen=True)
+class Launch:
+    """What a job process needs to run one job: plain values, so that it may run on another host."""
+
+    database_url: str
+    job_id: str
+    data_root: str
+    jobs_dir: str
+    device: str | None = None
+    threads: int | None = None
+    cache_dir: str | None = None
+
+
+def main(launch: Launch) -> None:
+    """Entry point of the local child process (``multiprocessing`` target); exits with ``run``'s code."""
     _die_with_parent()
     _first_to_go()
-    if threads is not None:
+    if launch.threads is not None:
         import torch
 
-        torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {job_id} %(levelname)s %(message)s")
+        torch.set_num_threads(launch.threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {launch.job_id} %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    db = Database(database_url)
+    code = run(launch, should_stop=stop.is_set)
+    if code:
+        sys.exit(code)
+
+
+def run(launch: Launch, *, should_stop: Callable[[], bool]) -> int:
+    """Run the job and record how it ended. Returns 0, or the exit code of a failure (``EXIT_REASONS``), which
+    says why even when recording it failed too (a full disk)."""
+    db = Database(launch.database_url)
     try:
-        execute(db, job_id, data_root=Path(data_root), job_dir=Path(jobs_dir) / job_id, device=device,
-                should_stop=stop.is_set, cache_dir=Path(cache_dir) if cache_dir else None)
+        execute(db, launch.job_id, data_root=Path(launch.data_root), job_dir=Path(launch.jobs_dir) / launch.job_id,
+                device=launch.device, should_stop=should_stop,
+                cache_dir=Path(launch.cache_dir) if launch.cache_dir else None)
+        return 0
     except JobFailure as failure:
         log.error("failed (%s): %s", failure.reason, failure.message)
         try:
             with db.writing() as s:
-                store.finish(s, job_id=job_id, state="failed", reason=failure.reason, message=failure.message)
+                store.finish(s, job_id=launch.job_id, state="failed", reason=failure.reason,
+                             message=failure.message)
         except Exception:  # the store itself may be what failed (disk full): the exit code says why
             log.exception("could not record the failure")
-        sys.exit(_EXIT_CODES[failure.reason])
+        return _EXIT_CODES[failure.reason]
     finally:
         db.dispose()
 

@@ -1,7 +1,8 @@
-"""The embedded worker: takes the oldest queued job, runs it in a child process, supervises it.
+"""The embedded worker: takes the oldest queued job, starts it through an executor, supervises it.
 
-It holds a lease on the job and renews it while the child lives. When the child dies without writing
-a result (killed, crashed), the job goes back to the queue and resumes from its last epoch checkpoint,
+It holds a lease on the job and renews it while the job's process lives (``deepgrad_server.executors``: a
+child process here by default). When that process dies without writing a result (killed, crashed), the job
+goes back to the queue and resumes from its last epoch checkpoint,
 up to ``max_retries`` times, then fails with reason ``worker_lost``. At start, and periodically, it
 recovers jobs whose worker is gone: a dead process on this host at once, any other once its lease expires.
 """
@@ -9,17 +10,16 @@ recovers jobs whose worker is gone: a dead process on this host at once, any oth
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import secrets
-import signal
 import socket
 import threading
 import time
 
 from deepgrad_core.spec import ExperimentSpec
-from deepgrad_server import admission, hostmem, runner, store
+from deepgrad_server import admission, hostmem, store
 from deepgrad_server.db import Database
+from deepgrad_server.executors import Execution, Executor, Launch, LocalExecutor, Outcome
 from deepgrad_server.models import TERMINAL
 from deepgrad_server.settings import Settings
 
@@ -32,15 +32,16 @@ KILL_AFTER_S = 10.0  # a job that ignores SIGTERM this long is killed
 
 class Worker:
     def __init__(self, settings: Settings, db: Database, device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, executor: Executor | None = None) -> None:
         """``threads``: CPU threads for the job (workers sharing the CPU split it: oversubscribed
-        PyTorch CPU threads slow every job down by orders of magnitude)."""
+        PyTorch CPU threads slow every job down by orders of magnitude). ``executor``: where jobs run
+        (default: ``LocalExecutor``, a child process of this server)."""
         self.settings, self.db, self.device, self.threads = settings, db, device, threads
+        self.executor: Executor = executor if executor is not None else LocalExecutor()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_LIFE}:{device or 'auto'}:{secrets.token_hex(2)}"
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._proc: multiprocessing.process.BaseProcess | None = None
-        self._ctx = multiprocessing.get_context("spawn")
+        self._execution: Execution | None = None
         self.current: str | None = None
 
     @property
@@ -93,20 +94,18 @@ class Worker:
         if not self._fits(job_id):
             return
         log.info("job %s: starting (attempt %d) on %s", job_id, attempt, self.device or "the default device")
-        oom_before = hostmem.oom_kills()
-        proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{job_id}",
-                                 args=(st.resolved_database_url, job_id, str(st.resolved_data_root),
-                                       str(st.jobs_dir), self.device, self.threads, str(st.cache_dir)))
-        proc.start()
-        self._proc, self.current = proc, job_id
+        execution = self.executor.start(Launch(
+            database_url=st.resolved_database_url, job_id=job_id, data_root=str(st.resolved_data_root),
+            jobs_dir=str(st.jobs_dir), device=self.device, threads=self.threads, cache_dir=str(st.cache_dir)))
+        self._execution, self.current = execution, job_id
         term_sent: float | None = None
         last_beat = time.monotonic()
         try:
-            while proc.is_alive():
-                proc.join(POLL_S)
+            while execution.alive():
+                execution.wait(POLL_S)
                 if self._stopping.is_set():
                     break
-                if time.monotonic() - last_beat >= min(1.0, st.heartbeat_seconds) and proc.is_alive():
+                if time.monotonic() - last_beat >= min(1.0, st.heartbeat_seconds) and execution.alive():
                     last_beat = time.monotonic()
                     with self.db.writing() as s:
                         ours, cancel = store.heartbeat(s, job_id=job_id, owner=self.owner,
@@ -117,21 +116,21 @@ class Worker:
                         finished = not ours and (job is None or job.state in TERMINAL)
                     if (cancel or not ours) and not finished and term_sent is None:
                         log.info("job %s: %s, stopping it", job_id, "cancel requested" if cancel else "lease lost")
-                        proc.terminate()
+                        execution.stop()
                         term_sent = time.monotonic()
                 if term_sent is not None and time.monotonic() - term_sent > KILL_AFTER_S:
-                    proc.kill()
-            if self._stopping.is_set() and proc.is_alive():
-                self._release(job_id, proc)
+                    execution.kill()
+            if self._stopping.is_set() and execution.alive():
+                self._release(job_id, execution)
                 return
-            self._after_exit(job_id, proc.exitcode, oom_before)
+            self._after_exit(job_id, execution.outcome())
         finally:
-            self._proc, self.current = None, None
+            self._execution, self.current = None, None
 
-    def _release(self, job_id: str, proc: multiprocessing.process.BaseProcess) -> None:
-        """Server shutdown: kill the child and queue the job again without counting the attempt."""
-        proc.kill()
-        proc.join(10)
+    def _release(self, job_id: str, execution: Execution) -> None:
+        """Server shutdown: kill the job's process and queue the job again without counting the attempt."""
+        execution.kill()
+        execution.wait(10)
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
             if job is not None and job.state == "running" and job.lease_owner == self.owner:
@@ -158,13 +157,13 @@ class Worker:
         log.warning("job %s: not started, it would not fit in memory: %s", job_id, error["msg"])
         return False
 
-    def _after_exit(self, job_id: str, code: int | None, oom_before: dict[str, int]) -> None:
+    def _after_exit(self, job_id: str, outcome: Outcome) -> None:
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
             if job is None or job.state != "running":
                 log.info("job %s: %s", job_id, job.state if job is not None else "deleted")
                 return
-            if code == -signal.SIGKILL and hostmem.oom_killed_since(oom_before):
+            if outcome.oom_killed:
                 # Retrying would only feed the kernel's OOM killer again (which may pick other processes).
                 store.finish(s, job_id=job_id, state="failed", reason="out_of_memory",
                              message="the job process was killed by the kernel's out-of-memory killer: this host "
@@ -174,17 +173,16 @@ class Worker:
                                      "submit")
                 log.warning("job %s: OOM-killed; failed out_of_memory (not retried)", job_id)
                 return
-            if code in runner.EXIT_REASONS:  # the child knew why, but could not write it
-                store.finish(s, job_id=job_id, state="failed", reason=runner.EXIT_REASONS[code],
-                             message=f"job process failed ({runner.EXIT_REASONS[code]}); see the server log")
-            elif code == 0:
+            if outcome.reason is not None:  # the job process knew why, but could not write it
+                store.finish(s, job_id=job_id, state="failed", reason=outcome.reason,
+                             message=f"job process failed ({outcome.reason}); see the server log")
+            elif outcome.exitcode == 0:
                 store.finish(s, job_id=job_id, state="failed", reason="error",
                              message="job process exited without recording a result")
             else:
-                why = f"job process killed by {_signal_name(-code)}" if code and code < 0 else \
-                    f"job process exited with code {code}"
-                state = store.requeue_or_fail(s, job_id=job_id, max_retries=self.settings.max_retries, why=why)
-                log.warning("job %s: %s; now %s", job_id, why, state)
+                state = store.requeue_or_fail(s, job_id=job_id, max_retries=self.settings.max_retries,
+                                              why=outcome.why)
+                log.warning("job %s: %s; now %s", job_id, outcome.why, state)
 
 
 def make_workers(settings: Settings, db: Database) -> list[Worker]:
@@ -193,13 +191,6 @@ def make_workers(settings: Settings, db: Database) -> list[Worker]:
     on_cpu = sum(d == "cpu" for d in devices)
     threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu > 1 else None
     return [Worker(settings, db, d, threads if d == "cpu" else None) for d in devices]
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
 
 
 def _dead_here(owner: str | None) -> bool:

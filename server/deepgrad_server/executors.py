@@ -1,0 +1,101 @@
+"""Where a job's process runs: the seam between the worker (queue, leases, heartbeats, retries, all in the store)
+and whatever executes ``deepgrad_server.runner``.
+
+An ``Executor`` starts a job and hands back an ``Execution``, which the worker asks whether it lives, waits on,
+stops (politely: the job stops after its current step and records ``cancelled``) or kills, and finally asks
+how it ended (an ``Outcome``). ``LocalExecutor`` runs the job in a child process of this server; another
+executor (a cluster's) implements the same few methods and the worker, routes and store stay as they are.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+from deepgrad_server import hostmem, runner
+from deepgrad_server.runner import Launch
+
+__all__ = ["Execution", "Executor", "Launch", "LocalExecution", "LocalExecutor", "Outcome"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job process ended. ``reason``: the failure it knew but could not record (``runner.EXIT_REASONS``);
+    ``oom_killed``: the kernel's out-of-memory killer ended it (retrying would only feed it again)."""
+
+    exitcode: int | None
+    reason: str | None = None
+    oom_killed: bool = False
+
+    @property
+    def why(self) -> str:
+        """In words, for a job that died without recording a result."""
+        code = self.exitcode
+        if code is not None and code < 0:
+            return f"job process killed by {_signal_name(-code)}"
+        return f"job process exited with code {code}"
+
+
+class Execution(Protocol):
+    def alive(self) -> bool: ...
+    def wait(self, timeout: float) -> None: ...
+    def stop(self) -> None: ...
+    def kill(self) -> None: ...
+    def outcome(self) -> Outcome: ...
+
+
+class Executor(Protocol):
+    name: str
+
+    def start(self, launch: Launch) -> Execution: ...
+
+
+class LocalExecutor:
+    """Each job in a child process of this server (``spawn``: a crash, an OOM or a hung CUDA context cannot take
+    the server down; the child dies with the server)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def start(self, launch: Launch) -> LocalExecution:
+        oom_before = hostmem.oom_kills()
+        proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{launch.job_id}", args=(launch,))
+        proc.start()
+        return LocalExecution(proc, oom_before)
+
+
+class LocalExecution:
+    def __init__(self, proc: multiprocessing.process.BaseProcess, oom_before: dict[str, int]) -> None:
+        self.proc, self._oom_before = proc, oom_before
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def wait(self, timeout: float) -> None:
+        self.proc.join(timeout)
+
+    def stop(self) -> None:
+        self.proc.terminate()  # SIGTERM: the job stops after its current step
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def outcome(self) -> Outcome:
+        code = self.proc.exitcode
+        return Outcome(exitcode=code, reason=runner.EXIT_REASONS.get(code) if code is not None else None,
+                       oom_killed=code == -signal.SIGKILL and hostmem.oom_killed_since(self._oom_before))
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
