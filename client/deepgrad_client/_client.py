@@ -172,7 +172,7 @@ class Client:
                               headers={"Accept": "text/event-stream"})
         try:
             with self._boundary():
-                yield from parse_events(response.iter_lines())
+                yield from parse_events(response)
         finally:
             response.close()
 

@@ -1,17 +1,19 @@
-"""Server-sent events: parse a ``text/event-stream`` into ``Event(event, data)`` with JSON data.
+"""Server-sent events as ``Event(event, data)`` with JSON data, parsed by ``httpx-sse``.
 
-The format (WHATWG HTML, "server-sent events"): lines ``field: value``; ``data`` lines accumulate
-(joined by newlines); a blank line dispatches the event (one left open when the stream ends is
-dropped); lines starting with ``:`` are comments
-(the server's ``: keep-alive``) and are skipped.
+The stream's framing (WHATWG HTML, "server-sent events": ``field: value`` lines, ``data`` lines joined by
+newlines, a blank line dispatches, ``:`` comments such as the server's ``: keep-alive`` skipped, an event left
+open when the stream ends dropped) is httpx-sse's; this module only gives each event a JSON-decoded payload.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
+from httpx_sse import EventSource
 
 
 @dataclass(frozen=True)
@@ -26,26 +28,10 @@ class Event:
     id: str | None = None
 
 
-def parse_events(lines: Iterable[str]) -> Iterator[Event]:
-    """Events from the stream's lines (without their line endings)."""
-    name, data, last_id = "", [], None
-    for line in lines:
-        if not line:
-            if data:
-                yield Event(event=name or "message", data=_decode("\n".join(data)), id=last_id)
-            name, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            name = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id":
-            last_id = value
-    # An event not closed by a blank line when the stream ends is dropped, as the standard says.
+def parse_events(response: httpx.Response) -> Iterator[Event]:
+    """The events of a streamed ``text/event-stream`` response, as they arrive."""
+    for sse in EventSource(response).iter_sse():
+        yield Event(event=sse.event, data=_decode(sse.data), id=sse.id or None)
 
 
 def _decode(text: str) -> Any:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from deepgrad_core.spec import ExperimentSpec, spec_changes
 from deepgrad_server.models import Job, JobState
@@ -79,6 +79,13 @@ class JobPublic(BaseModel):
     layers: list[dict[str, Any]] | None = None
     steps_per_epoch: int | None = None
     diverged_at_step: int | None = None
+
+    @model_validator(mode="after")
+    def _spec_changes(self) -> JobPublic:
+        """``changes`` is read from the spec (the store keeps only the spec); times arrive as Unix seconds."""
+        if not self.changes:
+            self.changes = _changes(self.spec)
+        return self
 
 
 class JobsPublic(BaseModel):
@@ -157,10 +164,6 @@ class Health(BaseModel):
     worker: Literal["alive", "stopped", "disabled"]
 
 
-def _time(t: float | None) -> datetime | None:
-    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
-
-
 def _changes(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         return spec_changes(ExperimentSpec.model_validate(spec))
@@ -169,12 +172,4 @@ def _changes(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_public(job: Job) -> JobPublic:
-    progress = dict(job.progress) if job.progress else None
-    if progress is not None:
-        progress["updated_at"] = _time(progress.get("updated_at"))
-    return JobPublic(id=job.id, name=job.name, state=job.state, reason=job.reason, message=job.message,
-                     spec=job.spec, changes=_changes(job.spec), created_at=_time(job.created_at),
-                     started_at=_time(job.started_at),
-                     finished_at=_time(job.finished_at), attempts=job.attempts, progress=progress,
-                     environment=job.environment, final=job.final, summary=job.summary, cost=job.cost,
-                     layers=job.layers, steps_per_epoch=job.steps_per_epoch, diverged_at_step=job.diverged_at_step)
+    return JobPublic.model_validate(job, from_attributes=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -16,7 +17,8 @@ from deepgrad_client._sse import Event, parse_events
 def test_parse_events_names_data_comments_and_multiline() -> None:
     lines = [": keep-alive", "", "event: progress", 'data: {"epoch": 1}', "", "data: plain", "data: text", "",
              "id: 7", "event: end", 'data: {"state":', 'data: "succeeded"}', "", "event: cut", "data: 1"]
-    assert list(parse_events(lines)) == [
+    stream = httpx.Response(200, headers={"content-type": "text/event-stream"}, content="\n".join(lines).encode())
+    assert list(parse_events(stream)) == [
         Event("progress", {"epoch": 1}),
         Event("message", "plain\ntext"),
         Event("end", {"state": "succeeded"}, id="7"),

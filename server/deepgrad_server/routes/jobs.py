@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
@@ -110,49 +109,45 @@ def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
                          confusion=job.confusion, layer_means=means)
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
-                       **errors(404)})
-async def job_events(job_id: JobId, db: DbDep, request: Request) -> StreamingResponse:
-    """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job."""
-    await anyio.to_thread.run_sync(load_job, db, job_id)  # 404 before the stream starts
-    return StreamingResponse(_event_stream(job_id, db, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def _job_must_exist(job_id: JobId, db: DbDep) -> None:
+    load_job(db, job_id)  # a dependency: the 404 comes before the stream starts
 
 
-def _read(db: Any, job_id: str) -> Any:
-    with db.reading() as s:
-        return store.get_job(s, job_id=job_id)
-
-
-def _sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-async def _event_stream(job_id: str, db: Any, request: Request) -> AsyncIterator[str]:
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
+            responses={200: {"description": "server-sent events"}, **errors(404)},
+            dependencies=[Depends(_job_must_exist)])
+async def job_events(job_id: JobId, db: DbDep, request: Request) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job; a
+    ``: keep-alive`` comment when nothing else was sent for a while."""
     last_state: tuple | None = None
     last_progress: Any = None
     last_sent = time.monotonic()
     while True:
         job = await anyio.to_thread.run_sync(_read, db, job_id)
         if job is None:
-            yield _sse("end", {"id": job_id, "state": "deleted"})
+            yield ServerSentEvent(event="end", data={"id": job_id, "state": "deleted"})
             return
         if (job.state, job.reason) != last_state:
             last_state = (job.state, job.reason)
-            yield _sse("state", {"state": job.state, "reason": job.reason, "message": job.message})
+            yield ServerSentEvent(event="state", data={"state": job.state, "reason": job.reason,
+                                                       "message": job.message})
             last_sent = time.monotonic()
         if job.progress and job.progress != last_progress:
             last_progress = job.progress
             public = job_public(job).progress
-            yield _sse("progress", {**public.model_dump(mode="json"), "state": job.state})
+            yield ServerSentEvent(event="progress", data={**public.model_dump(mode="json"), "state": job.state})
             last_sent = time.monotonic()
         if job.state in TERMINAL:
-            yield _sse("end", job_public(job).model_dump(mode="json"))
+            yield ServerSentEvent(event="end", data=job_public(job).model_dump(mode="json"))
             return
         if time.monotonic() - last_sent > KEEPALIVE_S:
-            yield ": keep-alive\n\n"
+            yield ServerSentEvent(comment="keep-alive")
             last_sent = time.monotonic()
         if await request.is_disconnected():
             return
         await anyio.sleep(EVENTS_POLL_S)
+
+
+def _read(db: Any, job_id: str) -> Any:
+    with db.reading() as s:
+        return store.get_job(s, job_id=job_id)
