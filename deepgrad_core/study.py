@@ -38,9 +38,12 @@ class StudyPoint:
 
     @property
     def label(self) -> str:
-        """``kernel_size=5, pooling=avg``: the varied values, each by its last key part."""
-        return ", ".join(f"{key.rsplit('.', 1)[-1]}={_show(value)}" for key, value in self.overrides.items()) \
-            or "base"
+        return label(self.overrides)
+
+
+def label(overrides: Mapping[str, Any]) -> str:
+    """``kernel_size=5, pooling=avg``: the varied values, each by its last key part (``base`` for none)."""
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={_show(value)}" for key, value in overrides.items()) or "base"
 
 
 def expand(base: Mapping[str, Any], *, grid: Mapping[str, Sequence[Any]] | None = None,
@@ -53,7 +56,7 @@ def expand(base: Mapping[str, Any], *, grid: Mapping[str, Sequence[Any]] | None 
         if not grid:
             raise StudyError(("grid",), "grid is empty: give at least one key and its values")
         for key, values in grid.items():
-            _check_key(("grid", key), key)
+            check_key(("grid", key), key)
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                 raise StudyError(("grid", key), f"must be a list of values, got {type(values).__name__}")
             if not values:
@@ -73,7 +76,7 @@ def expand(base: Mapping[str, Any], *, grid: Mapping[str, Sequence[Any]] | None 
             if not isinstance(point, Mapping):
                 raise StudyError(("points", i), f"must be a mapping of key -> value, got {type(point).__name__}")
             for key in point:
-                _check_key(("points", i, key), key)
+                check_key(("points", i, key), key)
             combos.append(dict(point))
             locs.append(("points", i))
     return [StudyPoint(overrides=combo, spec=_point_spec(base, combo, loc)) for combo, loc in zip(combos, locs,
@@ -91,7 +94,7 @@ def set_path(spec: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_key(loc: tuple[str | int, ...], key: str) -> None:
+def check_key(loc: tuple[str | int, ...], key: str) -> None:
     """The key must name a spec field (``model.kernel_size``), and not a fixed one."""
     if not isinstance(key, str) or not key:
         raise StudyError(loc, "a key is a dotted spec field, e.g. model.kernel_size")

@@ -54,8 +54,9 @@ def device_type(settings: Settings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def limit_errors(spec: ExperimentSpec, settings: Settings) -> list[dict[str, Any]]:
-    """FastAPI-shaped errors (``loc``, ``msg``, ``input``, ``ctx``) for every limit ``spec`` breaks."""
+def limit_errors(spec: ExperimentSpec, settings: Settings, *, memory: bool = True) -> list[dict[str, Any]]:
+    """FastAPI-shaped errors (``loc``, ``msg``, ``input``, ``ctx``) for every limit ``spec`` breaks (``memory``:
+    the memory estimate too)."""
     errors = []
     for loc, value, limit, setting in ((("train", "epochs"), spec.train.epochs, settings.max_epochs, "MAX_EPOCHS"),
                                        (("train", "batch_size"), spec.train.batch_size, settings.max_batch_size,
@@ -69,7 +70,7 @@ def limit_errors(spec: ExperimentSpec, settings: Settings) -> list[dict[str, Any
                              f"this server allows at most {settings.max_steps:,} steps per job (DEEPGRAD_MAX_STEPS); "
                              f"{spec.train.epochs} epochs x {per_epoch:,} steps per epoch is {steps:,}: train fewer "
                              "epochs, on a smaller data.subset, or with a larger train.batch_size", settings.max_steps))
-    if errors:  # the memory estimate builds the model: only for a spec inside the other limits
+    if errors or not memory:  # the memory estimate builds the model: only for a spec inside the other limits
         return errors
     budget = memory_budget(settings)
     if budget is None:

@@ -45,6 +45,7 @@ def require_token(request: Request,
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="12 lowercase hex characters")]
+StudyId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="12 lowercase hex characters")]
 
 
 MAX_COMPARE = 12

@@ -88,3 +88,31 @@ class JobArray(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Study(Base):
+    """A set of paired jobs run as one object: a base spec and the points (overrides) that vary it."""
+
+    __tablename__ = "studies"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(12), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # as submitted (each job's spec is the resolved one)
+    grid: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    points: Mapped[list[Any] | None] = mapped_column(JSON)
+    preset: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class StudyJob(Base):
+    """A job of a study, its place in the study and what it varies. A table of its own, so that a database
+    from before studies gains it and the jobs table stays as it was."""
+
+    __tablename__ = "study_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    position: Mapped[int] = mapped_column(Integer)
+    overrides: Mapped[dict[str, Any]] = mapped_column(JSON)

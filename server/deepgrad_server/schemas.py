@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepgrad_core.spec import ExperimentSpec, spec_changes
 from deepgrad_server.models import Job, JobState
@@ -173,3 +173,88 @@ def _changes(spec: dict[str, Any]) -> dict[str, Any]:
 
 def job_public(job: Job) -> JobPublic:
     return JobPublic.model_validate(job, from_attributes=True)
+
+
+class StudyCreate(BaseModel):
+    """A study: a base spec varied by a grid or a list of points, or a preset by name; ``set`` overrides fields
+    of the base (``{"train.epochs": 2}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=80, json_schema_extra={"pattern": NAME_PATTERN},
+                             description="display name (default: the preset's name, or 'study')")
+    preset: str | None = Field(default=None, max_length=32, description="a preset's name (GET /presets): its base "
+                               "and points; then give neither grid nor points")
+    base: dict[str, Any] | None = Field(default=None, description="the spec every job starts from (with a "
+                                        "preset: merged over the preset's base)")
+    grid: dict[str, list[Any]] | None = Field(default=None, description="key -> values: one job per combination, "
+                                              'e.g. {"model.kernel_size": [3, 5, 7]}')
+    points: list[dict[str, Any]] | None = Field(default=None, description="one job per entry, each a set of "
+                                                'overrides, e.g. [{"model.arch": "vgg16"}, ...]')
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides of the base for every job, e.g. "
+                                '{"train.epochs": 2, "model.width": 0.25}')
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v)
+
+
+class StudyJobPublic(BaseModel):
+    position: int
+    label: str = Field(description="what this job varies, e.g. 'kernel_size=5, pooling=avg'")
+    overrides: dict[str, Any]
+    job: JobPublic
+
+
+class StudyPublic(BaseModel):
+    id: str
+    name: str
+    preset: str | None = None
+    base: dict[str, Any]
+    grid: dict[str, Any] | None = None
+    points: list[Any] | None = None
+    created_at: datetime
+    state: Literal["queued", "running", "ended"] = Field(description="ended: every job ended (see each job)")
+    counts: dict[str, int] = Field(description="jobs per state")
+    jobs: list[StudyJobPublic] = Field(default_factory=list)
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic] = Field(description="studies, newest first (without their jobs)")
+    count: int
+
+
+class StudyRow(BaseModel):
+    position: int
+    job_id: str
+    label: str
+    overrides: dict[str, Any]
+    state: JobState
+    train_acc: float | None = None
+    test_acc: float | None = None
+    train_loss: float | None = None
+    test_loss: float | None = None
+    seconds: float | None = None
+    params: int | None = None
+    flops_per_image: float | None = None
+    first_last_ratio: float | None = Field(default=None, description="first/last main-path layer gradient ratio "
+                                           "of the verdict's kind, last epoch")
+    ratio_kind: str | None = None
+    vanishing: bool | None = None
+
+
+class StudySummary(BaseModel):
+    study_id: str
+    name: str
+    varied: list[str] = Field(description="the keys the study varies, in order")
+    rows: list[StudyRow]
+
+
+class Preset(BaseModel):
+    name: str
+    description: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] | None = None
+    points: list[dict[str, Any]] | None = None
+    jobs: int

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=1024, ge=1)
     max_width: float = Field(default=2.0, gt=0)
     max_queued: int = Field(default=100, ge=1)
+    max_study_jobs: int = Field(default=64, ge=1, le=10_000, description="most jobs one study may have")
     max_steps: int = Field(default=1_000_000, ge=1, description="largest epochs x steps per epoch of one job")
     max_job_memory_gib: float | None = Field(default=None, gt=0, description="largest estimated memory of one "
                                              "job; unset: 85% of the memory this server may use (its cgroup "

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deepgrad_core.norms import NormBlock
-from deepgrad_server.models import TERMINAL, EpochMetric, Job, JobArray, NormChunk
+from deepgrad_server.models import TERMINAL, EpochMetric, Job, JobArray, NormChunk, Study, StudyJob
 
 
 class QueueFull(Exception):
@@ -49,19 +49,31 @@ def create_job(s: Session, *, spec: dict[str, Any], name: str, idempotency_key: 
                 raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for job {existing.id} "
                                           "with a different body; use a new key for a new job")
             return existing, False
+    _check_queue(s, adding=1, max_queued=max_queued)
+    try:
+        return _new_job(s, spec=spec, name=name, idempotency_key=idempotency_key), True
+    except IntegrityError:  # another request with this key won the race: return its job
+        return create_job(s, spec=spec, name=name, idempotency_key=idempotency_key, max_queued=max_queued)
+
+
+def _check_queue(s: Session, *, adding: int, max_queued: int) -> None:
     queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == "queued"))
-    if queued >= max_queued:
-        raise QueueFull(f"the queue is full ({queued} jobs queued, limit {max_queued}); retry when some have run")
+    if queued + adding > max_queued:
+        raise QueueFull(f"the queue is full ({queued} jobs queued, limit {max_queued}"
+                        f"{f', {adding} to add' if adding > 1 else ''}); retry when some have run")
+
+
+def _new_job(s: Session, *, spec: dict[str, Any], name: str, idempotency_key: str | None = None) -> Job:
     for _ in range(5):  # 48 random bits: a collision is rare, but never fatal
         job = Job(id=new_id(), name=name, state="queued", spec=spec, idempotency_key=idempotency_key,
                   created_at=now(), attempts=0, cancel_requested=False)
         try:
             with s.begin_nested():
                 s.add(job)
-            return job, True
+            return job
         except IntegrityError:
             if idempotency_key is not None and s.scalar(select(Job).where(Job.idempotency_key == idempotency_key)):
-                return create_job(s, spec=spec, name=name, idempotency_key=idempotency_key, max_queued=max_queued)
+                raise
     raise RuntimeError("could not allocate a job id")
 
 
@@ -167,10 +179,68 @@ def running_jobs(s: Session) -> list[Job]:
 
 
 def delete_job(s: Session, *, job_id: str) -> None:
+    s.execute(delete(StudyJob).where(StudyJob.job_id == job_id))
     s.execute(delete(NormChunk).where(NormChunk.job_id == job_id))
     s.execute(delete(JobArray).where(JobArray.job_id == job_id))
     s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
     s.execute(delete(Job).where(Job.id == job_id))
+
+
+# --- studies ----------------------------------------------------------------------------------------------------
+
+
+def create_study(s: Session, *, name: str, base: dict[str, Any], grid: dict[str, Any] | None,
+                 points: list[Any] | None, preset: str | None, jobs: list[tuple[dict[str, Any], dict[str, Any]]],
+                 max_queued: int) -> Study:
+    """A study and its jobs (``jobs``: (overrides, resolved spec) per point, in order), queued together or not at
+    all (``QueueFull``)."""
+    _check_queue(s, adding=len(jobs), max_queued=max_queued)
+    for _ in range(5):
+        study = Study(id=new_id(), name=name, base=base, grid=grid, points=points, preset=preset, created_at=now())
+        try:
+            with s.begin_nested():
+                s.add(study)
+            break
+        except IntegrityError:
+            continue
+    else:
+        raise RuntimeError("could not allocate a study id")
+    width = len(str(len(jobs)))
+    for position, (overrides, spec) in enumerate(jobs):
+        job = _new_job(s, spec=spec, name=f"{name}/{position + 1:0{width}d}")
+        s.add(StudyJob(study_id=study.id, job_id=job.id, position=position, overrides=overrides))
+    s.flush()
+    return study
+
+
+def get_study(s: Session, *, study_id: str) -> Study | None:
+    return s.scalar(select(Study).where(Study.id == study_id))
+
+
+def list_studies(s: Session, *, limit: int = 50, offset: int = 0) -> tuple[list[Study], int]:
+    count = s.scalar(select(func.count()).select_from(Study))
+    return list(s.scalars(select(Study).order_by(Study.seq.desc()).limit(limit).offset(offset))), count
+
+
+def study_jobs(s: Session, *, study_id: str) -> list[tuple[StudyJob, Job]]:
+    """The study's jobs in study order, each with what it varies."""
+    rows = s.execute(select(StudyJob, Job).join(Job, Job.id == StudyJob.job_id)
+                     .where(StudyJob.study_id == study_id).order_by(StudyJob.position))
+    return [(link, job) for link, job in rows]
+
+
+def study_of(s: Session, *, job_id: str) -> str | None:
+    return s.scalar(select(StudyJob.study_id).where(StudyJob.job_id == job_id))
+
+
+def delete_study(s: Session, *, study_id: str) -> list[str]:
+    """Remove the study and all its jobs; return their ids."""
+    ids = list(s.scalars(select(StudyJob.job_id).where(StudyJob.study_id == study_id)))
+    s.execute(delete(StudyJob).where(StudyJob.study_id == study_id))
+    for job_id in ids:
+        delete_job(s, job_id=job_id)
+    s.execute(delete(Study).where(Study.id == study_id))
+    return ids
 
 
 # --- epochs -----------------------------------------------------------------------------------------------------

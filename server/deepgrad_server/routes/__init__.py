@@ -3,10 +3,10 @@
 from fastapi import APIRouter, Depends
 
 from deepgrad_server.deps import require_token
-from deepgrad_server.routes import compare, cost, jobs, meta, plots, series
+from deepgrad_server.routes import compare, cost, jobs, meta, plots, series, studies
 from deepgrad_server.schemas import errors
 
 api_router = APIRouter()
 api_router.include_router(meta.public)  # /health: no token
-for module in (jobs, series, plots, compare, cost, meta):
+for module in (jobs, studies, series, plots, compare, cost, meta):
     api_router.include_router(module.router, dependencies=[Depends(require_token)], responses=errors(401))
