@@ -22,10 +22,11 @@ FIXED_KEYS = ("seed",)  # what a point may not vary: it would break the pairing
 
 
 class StudyError(ValueError):
-    """A study that cannot be expanded; ``loc`` names where (``("grid", "model.kernel_size")``)."""
+    """A study that cannot be expanded; ``loc`` names where (``("grid", "model.kernel_size")``; empty: the whole
+    study)."""
 
     def __init__(self, loc: tuple[str | int, ...], msg: str) -> None:
-        super().__init__(f"{'.'.join(map(str, loc))}: {msg}")
+        super().__init__(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg)
         self.loc, self.msg = loc, msg
 
 
@@ -51,7 +52,7 @@ def expand(base: Mapping[str, Any], *, grid: Mapping[str, Sequence[Any]] | None 
     """One ``StudyPoint`` per grid combination or listed point, in order; ``StudyError`` naming the key on an
     unknown key, an empty list, a value the spec refuses, a fixed key (the seed) or more than ``max_points``."""
     if (grid is None) == (points is None):
-        raise StudyError(("body",), "give either grid (key -> list of values) or points (a list of overrides)")
+        raise StudyError((), "give either grid (key -> list of values) or points (a list of overrides)")
     if grid is not None:
         if not grid:
             raise StudyError(("grid",), "grid is empty: give at least one key and its values")

@@ -42,8 +42,8 @@ def test_points_are_taken_as_listed_and_resolved_per_family() -> None:
     ({"points": [{"model.arch": "resnet18", "model.extra_convs": 2}]}, ("points", 0, "model.arch"), "VGG family"),
     ({"points": [3]}, ("points", 0), "must be a mapping"),
     ({"grid": {"model.width": [0.1] * 9, "train.lr": [0.1] * 8}, "max_points": 64}, ("grid",), "72 jobs"),
-    ({}, ("body",), "either grid"),
-    ({"grid": {"train.lr": [0.1]}, "points": [{}]}, ("body",), "either grid"),
+    ({}, (), "either grid"),
+    ({"grid": {"train.lr": [0.1]}, "points": [{}]}, (), "either grid"),
 ])
 def test_bad_studies_name_the_key(kwargs: dict, loc: tuple, words: str) -> None:
     with pytest.raises(StudyError) as caught:
