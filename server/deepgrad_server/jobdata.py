@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import JobData
 from deepgrad_core.series import EpochMeans, MinMax, csv_header, csv_rows
+from deepgrad_core.study import label
 from deepgrad_server import store
 from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
-from deepgrad_server.models import TERMINAL, Job
+from deepgrad_server.models import TERMINAL, Job, StudyJob
+from deepgrad_server.schemas import StudyRow
 
 CSV_ROWS = 2048  # rows per piece of CSV text sent
 PAGE_STEPS = 32_768  # steps per page: ~2.2 MB of a 17-layer weight series, ~10 MB of work while reduced
@@ -184,3 +186,17 @@ def last_epoch_means(db: Database, job: Job, kind: str = "weight") -> tuple[tupl
         acc.add(steps, values)
     _, means = acc.result()
     return layers, means[-1]
+
+
+def study_row(link: StudyJob, job: Job) -> StudyRow:
+    """A study's job as a summary row: what it varies, its results and cost, its verdict (None until known)."""
+    final, cost, summary = job.final or {}, job.cost or {}, job.summary or {}
+    kind = summary.get("vanishing_source")
+    verdict = summary.get(kind) if kind else None
+    return StudyRow(position=link.position, job_id=job.id, label=label(link.overrides), overrides=link.overrides,
+                    state=job.state, train_acc=final.get("train_acc"), test_acc=final.get("test_acc"),
+                    train_loss=final.get("train_loss"), test_loss=final.get("test_loss"),
+                    seconds=final.get("seconds"), params=cost.get("total_params"),
+                    flops_per_image=cost.get("flops_per_image"),
+                    first_last_ratio=verdict.get("first_last_ratio") if verdict else None, ratio_kind=kind,
+                    vanishing=summary.get("vanishing"))

@@ -190,10 +190,10 @@ def delete_job(s: Session, *, job_id: str) -> None:
 
 
 def create_study(s: Session, *, name: str, base: dict[str, Any], grid: dict[str, Any] | None,
-                 points: list[Any] | None, preset: str | None, jobs: list[tuple[dict[str, Any], dict[str, Any]]],
-                 max_queued: int) -> Study:
-    """A study and its jobs (``jobs``: (overrides, resolved spec) per point, in order), queued together or not at
-    all (``QueueFull``)."""
+                 points: list[Any] | None, preset: str | None,
+                 jobs: list[tuple[dict[str, Any], dict[str, Any], str]], max_queued: int) -> Study:
+    """A study and its jobs (``jobs``: (overrides, resolved spec, label) per point, in order; each named
+    ``<study>/<n> <label>``), queued together or not at all (``QueueFull``)."""
     _check_queue(s, adding=len(jobs), max_queued=max_queued)
     for _ in range(5):
         study = Study(id=new_id(), name=name, base=base, grid=grid, points=points, preset=preset, created_at=now())
@@ -206,8 +206,8 @@ def create_study(s: Session, *, name: str, base: dict[str, Any], grid: dict[str,
     else:
         raise RuntimeError("could not allocate a study id")
     width = len(str(len(jobs)))
-    for position, (overrides, spec) in enumerate(jobs):
-        job = _new_job(s, spec=spec, name=f"{name}/{position + 1:0{width}d}")
+    for position, (overrides, spec, label) in enumerate(jobs):
+        job = _new_job(s, spec=spec, name=f"{name}/{position + 1:0{width}d} {label}"[:100])
         s.add(StudyJob(study_id=study.id, job_id=job.id, position=position, overrides=overrides))
     s.flush()
     return study

@@ -52,6 +52,7 @@ def test_a_grid_queues_one_paired_job_per_point(app_client: httpx.Client) -> Non
     assert [j["label"] for j in study["jobs"]] == ["kernel_size=3, pooling=max", "kernel_size=3, pooling=avg",
                                                    "kernel_size=5, pooling=max", "kernel_size=5, pooling=avg"]
     specs = [j["job"]["spec"] for j in study["jobs"]]
+    assert study["jobs"][1]["job"]["name"] == "kp/2 kernel_size=3, pooling=avg"
     assert {s["seed"] for s in specs} == {0} and {s["train"]["epochs"] for s in specs} == {2}
     assert [(s["model"]["kernel_size"], s["model"]["pooling"]) for s in specs] == [(3, "max"), (3, "avg"),
                                                                                    (5, "max"), (5, "avg")]
@@ -77,6 +78,15 @@ def test_a_study_is_cancelled_and_deleted_as_a_whole(app_client: httpx.Client) -
     assert all(app_client.get(f"/jobs/{job_id}").status_code == 404 for job_id in job_ids)
     assert _nothing_created(app_client)
     assert app_client.get("/studies/ABC").status_code == 422  # ids are 12 lowercase hex characters
+    assert app_client.get("/studies/0123456789ab/plots/accuracy.png").status_code == 404
+
+
+def test_study_figures_wait_for_results(app_client: httpx.Client) -> None:
+    study = app_client.post("/studies", json={"base": BASE, "grid": {"model.kernel_size": [3, 5]}}).json()
+    for kind in ("accuracy", "ratio", "cost", "depth"):
+        r = app_client.get(f"/studies/{study['id']}/plots/{kind}.png")
+        assert r.status_code == 409 and "yet" in r.json()["detail"], (kind, r.text)
+    assert app_client.get(f"/studies/{study['id']}/plots/histogram.png").status_code == 422
 
 
 def test_presets_are_listed_and_run_by_name(app_client: httpx.Client) -> None:
@@ -122,6 +132,10 @@ def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path
                 assert wait_for(client, job["job"]["id"])["state"] == "succeeded"
             summary = client.get(f"/studies/{study['id']}/summary").json()
             assert client.get(f"/studies/{study['id']}").json()["state"] == "ended"
+            for kind in ("accuracy", "ratio", "cost", "depth", "metrics"):
+                r = client.get(f"/studies/{study['id']}/plots/{kind}.png")
+                assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), (kind, r.text[:200])
+                (tmp_path / f"study_{kind}.png").write_bytes(r.content)
     finally:
         server.stop()
     rows = {row["label"]: row for row in summary["rows"]}

@@ -1,4 +1,4 @@
-"""Rendered figures as PNG: one job's, or several compared. Finished jobs' figures are cached.
+"""Rendered figures as PNG: one job's, several compared, or a study's. Finished jobs' figures are cached.
 
 Handlers are coroutines: the job is read on a request thread, the figure drawn on a render thread
 (``rendering.RenderPool``), so rendering never holds up other requests.
@@ -23,11 +23,14 @@ from deepgrad_core.plots import (
     render_job,
     to_png,
 )
+from deepgrad_core.plots.render import MAX_COMPARE_JOBS
+from deepgrad_core.plots.study import STUDY_KINDS, StudyEntry, render_study
+from deepgrad_server import store
 from deepgrad_server.db import Database
-from deepgrad_server.deps import DbDep, Ids, JobId, invalid, load_job, parse_ids
-from deepgrad_server.jobdata import job_data
+from deepgrad_server.deps import DbDep, Ids, JobId, StudyId, invalid, load_job, parse_ids
+from deepgrad_server.jobdata import job_data, study_row
 from deepgrad_server.models import TERMINAL, Job
-from deepgrad_server.schemas import errors
+from deepgrad_server.schemas import StudyRow, errors
 
 router = APIRouter(tags=["plots"])
 
@@ -107,3 +110,46 @@ async def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request
     return await _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
                       lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind, compare=True) for j in jobs],
                                              norm_kind=norm_kind, epochs=_epochs(epochs), main_path=main_path))
+
+
+@router.get("/studies/{study_id}/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
+async def study_plot(study_id: StudyId, kind: Literal[(*STUDY_KINDS, "depth", "metrics")], db: DbDep,
+                     request: Request, norm_kind: Literal["weight", "activation"] = "weight",
+                     main_path: MainPath = True) -> Response:
+    """A study's figure: ``accuracy`` and ``ratio`` per job, ``cost`` (accuracy against parameters and FLOPs); and
+    over its jobs (at most 12), ``depth`` profiles overlaid and every job's ``metrics``."""
+    study, links = await anyio.to_thread.run_sync(_study_jobs, db, study_id)
+    jobs = [job for _, job in links]
+    ended = all(j.state in TERMINAL for j in jobs)
+    key = ("study", study_id, kind, norm_kind, main_path)
+    ids = frozenset(j.id for j in jobs)
+    if kind in STUDY_KINDS:
+        entries = [_entry(study_row(link, job)) for link, job in links]
+        fraction = min((j.spec.get("tracking", {}).get("vanishing_fraction", 1e-3) for j in jobs), default=1e-3)
+        classes = jobs[0].spec.get("model", {}).get("num_classes", 10) if jobs else 10
+        return await _png(request, key, ids, ended,
+                          lambda: render_study(kind, study.name, entries, num_classes=classes, fraction=fraction))
+    if len(jobs) > MAX_COMPARE_JOBS:
+        raise invalid(f"a study of {len(jobs)} jobs is too many for one {kind} figure (at most {MAX_COMPARE_JOBS}); "
+                      f"draw some of them with GET /compare/plots/{kind}.png?ids=...", "path", "kind")
+    started = [j for j in jobs if j.state != "queued"]
+    if not started:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"every job of study {study_id} is queued: nothing to "
+                                                             "draw yet")
+    return await _png(request, key, ids, ended,
+                      lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind, compare=True)
+                                                    for j in started], norm_kind=norm_kind, main_path=main_path))
+
+
+def _study_jobs(db: Database, study_id: str) -> tuple:
+    with db.reading() as s:
+        study = store.get_study(s, study_id=study_id)
+        if study is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no study with id {study_id!r}")
+        return study, store.study_jobs(s, study_id=study_id)
+
+
+def _entry(row: StudyRow) -> StudyEntry:
+    return StudyEntry(label=row.label, state=row.state, test_acc=row.test_acc, train_acc=row.train_acc,
+                      first_last_ratio=row.first_last_ratio, vanishing=row.vanishing, params=row.params,
+                      flops_per_image=row.flops_per_image)

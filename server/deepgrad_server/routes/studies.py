@@ -12,14 +12,14 @@ from deepgrad_core.presets import PRESETS
 from deepgrad_core.study import StudyError, check_key, expand, label, set_path
 from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, SettingsDep, StudyId
-from deepgrad_server.models import TERMINAL, Job, Study, StudyJob
+from deepgrad_server.jobdata import study_row
+from deepgrad_server.models import TERMINAL, Study
 from deepgrad_server.schemas import (
     Preset,
     StudiesPublic,
     StudyCreate,
     StudyJobPublic,
     StudyPublic,
-    StudyRow,
     StudySummary,
     errors,
     job_public,
@@ -55,7 +55,7 @@ def create_study(body: StudyCreate, db: DbDep, settings: SettingsDep, response: 
     try:
         with db.writing() as s:
             study = store.create_study(s, name=name, base=base, grid=grid, points=points, preset=body.preset,
-                                       jobs=[(p.overrides, p.spec.model_dump(mode="json")) for p in expanded],
+                                       jobs=[(p.overrides, p.spec.model_dump(mode="json"), p.label) for p in expanded],
                                        max_queued=settings.max_queued)
             public = _study_public(s, study)
     except store.QueueFull as err:
@@ -89,7 +89,7 @@ def study_summary(study_id: StudyId, db: DbDep) -> StudySummary:
         links = store.study_jobs(s, study_id=study_id)
     varied = list(dict.fromkeys(key for link, _ in links for key in link.overrides))
     return StudySummary(study_id=study.id, name=study.name, varied=varied,
-                        rows=[_row(link, job) for link, job in links])
+                        rows=[study_row(link, job) for link, job in links])
 
 
 @router.post("/studies/{study_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=StudyPublic,
@@ -184,16 +184,3 @@ def _study_public(s: Any, study: Study, *, with_jobs: bool = True) -> StudyPubli
                            job=job_public(job)) for link, job in links] if with_jobs else []
     return StudyPublic(id=study.id, name=study.name, preset=study.preset, base=study.base, grid=study.grid,
                        points=study.points, created_at=study.created_at, state=state, counts=counts, jobs=jobs)
-
-
-def _row(link: StudyJob, job: Job) -> StudyRow:
-    final, cost, summary = job.final or {}, job.cost or {}, job.summary or {}
-    kind = summary.get("vanishing_source")
-    verdict = summary.get(kind) if kind else None
-    return StudyRow(position=link.position, job_id=job.id, label=label(link.overrides), overrides=link.overrides,
-                    state=job.state, train_acc=final.get("train_acc"), test_acc=final.get("test_acc"),
-                    train_loss=final.get("train_loss"), test_loss=final.get("test_loss"),
-                    seconds=final.get("seconds"), params=cost.get("total_params"),
-                    flops_per_image=cost.get("flops_per_image"),
-                    first_last_ratio=verdict.get("first_last_ratio") if verdict else None, ratio_kind=kind,
-                    vanishing=summary.get("vanishing"))
