@@ -225,6 +225,67 @@ class Client:
         path.write_bytes(self.plot(job_id, kind, **params))
         return path
 
+    # -- studies ------------------------------------------------------------------------------------
+
+    def create_study(self, *, preset: str | None = None, base: Mapping[str, Any] | None = None,
+                     grid: Mapping[str, Sequence[Any]] | None = None,
+                     points: Sequence[Mapping[str, Any]] | None = None, overrides: Mapping[str, Any] | None = None,
+                     name: str | None = None) -> dict[str, Any]:
+        """Queue a study: a ``preset`` by name, or a ``base`` spec with a ``grid`` (every combination) or a list
+        of ``points``; ``overrides`` (``{"train.epochs": 2}``) apply to the base of every job."""
+        body = {k: v for k, v in {"preset": preset, "base": base, "grid": grid, "points": points,
+                                  "set": dict(overrides or {}), "name": name}.items() if v is not None}
+        return self._send("POST", "/studies", json=body).json()
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        """One study with its jobs (each with ``label``, ``overrides`` and the Job)."""
+        return self._send("GET", _study_path(study_id)).json()
+
+    def studies(self, *, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        """Studies newest first: ``{"data": [...], "count": N}`` (with job counts, without the jobs)."""
+        return self._send("GET", "/studies", params=_params(limit=limit, offset=offset)).json()
+
+    def study_summary(self, study_id: str) -> dict[str, Any]:
+        """One row per job: what it varies, accuracy, loss, seconds, parameters, FLOPs, ratio, verdict."""
+        return self._send("GET", _study_path(study_id, "summary")).json()
+
+    def study_plot(self, study_id: str, kind: str) -> bytes:
+        """A PNG of the study. ``kind``: accuracy, ratio, cost, depth, metrics."""
+        return self._send("GET", _study_path(study_id, "plots", f"{_segment(kind)}.png")).content
+
+    def cancel_study(self, study_id: str) -> dict[str, Any]:
+        """Cancel every job of the study that has not ended."""
+        return self._send("POST", _study_path(study_id, "cancel")).json()
+
+    def delete_study(self, study_id: str) -> None:
+        """Remove an ended study and all its jobs; 409 while any job is queued or running."""
+        try:
+            self._send("DELETE", _study_path(study_id))
+        except NotFound as err:
+            if not err.retried:
+                raise
+
+    def wait_study(self, study_id: str, *, progress: Callable[[dict[str, Any]], None] | None = None,
+                   poll: float = 2.0, timeout: float | None = None) -> dict[str, Any]:
+        """Poll until every job of the study has ended; ``progress(study)`` whenever its counts changed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            study = self.study(study_id)
+            counts = study.get("counts")
+            if progress is not None and counts != seen:
+                seen = counts
+                progress(study)
+            if study.get("state") == "ended":
+                return study
+            if deadline is not None and time.monotonic() + poll > deadline:
+                raise WaitTimeout(f"study {study_id} has not ended after {timeout:g} s: {counts}")
+            time.sleep(poll)
+
+    def presets(self) -> list[dict[str, Any]]:
+        """The named studies the server runs: name, description, base, grid or points, number of jobs."""
+        return self._send("GET", "/presets").json()
+
     # -- comparison and server ----------------------------------------------------------------------
 
     def compare(self, ids: Sequence[str]) -> dict[str, Any]:
@@ -325,6 +386,12 @@ def _job_path(job_id: str, *parts: str) -> str:
     if not isinstance(job_id, str) or not JOB_ID.match(job_id):
         raise InputError(f"{job_id!r} is not a job id (12 lowercase hex characters, e.g. 3f2a9c0d1b7e)")
     return "/".join(["/jobs", job_id, *parts])
+
+
+def _study_path(study_id: str, *parts: str) -> str:
+    if not isinstance(study_id, str) or not JOB_ID.match(study_id):
+        raise InputError(f"{study_id!r} is not a study id (12 lowercase hex characters, e.g. 3f2a9c0d1b7e)")
+    return "/".join(["/studies", study_id, *parts])
 
 
 def _segment(kind: str) -> str:

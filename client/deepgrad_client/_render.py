@@ -278,3 +278,95 @@ def _vanishing(job: dict[str, Any]) -> str:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# -- studies ------------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ("position", "job_id", "label", "state", "train_acc", "test_acc", "train_loss", "test_loss",
+                   "seconds", "params", "flops_per_image", "first_last_ratio", "ratio_kind", "vanishing")
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    order = ("succeeded", "running", "queued", "failed", "diverged", "cancelled")
+    return ", ".join(f"[{STATE_STYLES.get(s, 'white')}]{counts[s]} {s}[/]" for s in order if counts.get(s))
+
+
+def studies_table(studies: Sequence[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold", ratio=1)
+    table.add_column("jobs", overflow="fold", ratio=2)
+    table.add_column("created", no_wrap=True)
+    for study in studies:
+        table.add_row(study["id"], escape(study.get("name", "")), counts_text(study.get("counts") or {}),
+                      _short_when(study.get("created_at")))
+    return table
+
+
+def study_table(study: dict[str, Any]) -> Table:
+    """A study's jobs: what each varies, its state, epoch, test accuracy."""
+    table = Table(title=f"study {study['id']} ({escape(study.get('name', ''))}): {study.get('state')}; "
+                        f"{counts_text(study.get('counts') or {})}", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("job", no_wrap=True)
+    table.add_column("varies", overflow="fold", ratio=3)
+    table.add_column("state", no_wrap=True)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("test", justify="right", no_wrap=True)
+    for entry in study.get("jobs") or []:
+        job = entry["job"]
+        final, progress = job.get("final") or {}, job.get("progress") or {}
+        table.add_row(str(entry["position"] + 1), job["id"], escape(entry.get("label", "")), state_text(job),
+                      epoch_of(progress), pct(final.get("test_acc", progress.get("test_acc"))))
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """One row per job: accuracy, loss, time, cost and the gradient verdict."""
+    table = Table(title=f"study {summary['study_id']} ({escape(summary.get('name', ''))})", show_edge=False,
+                  pad_edge=False)
+    for name, justify in (("#", "right"), ("varies", "left"), ("state", "left"), ("train", "right"),
+                          ("test", "right"), ("test loss", "right"), ("time", "right"), ("params", "right"),
+                          ("FLOPs/img", "right"), ("first/last", "right"), ("vanishing", "left")):
+        table.add_column(name, justify=justify, overflow="fold" if name == "varies" else "ellipsis",
+                         no_wrap=name != "varies")
+    for row in summary.get("rows") or []:
+        verdict = "-" if row.get("vanishing") is None else "[red]yes[/]" if row["vanishing"] else "no"
+        table.add_row(str(row["position"] + 1), escape(row.get("label", "")), state_text(row),
+                      pct(row.get("train_acc")), pct(row.get("test_acc")), num(row.get("test_loss"), ".3f"),
+                      duration(row.get("seconds")), si(row.get("params")), si(row.get("flops_per_image")),
+                      ratio(row.get("first_last_ratio")), verdict)
+    return table
+
+
+def summary_csv(summary: dict[str, Any]) -> str:
+    """The summary as CSV: one column per varied key, then every result column."""
+    import csv
+    import io
+
+    varied = list(summary.get("varied") or [])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*varied, *SUMMARY_COLUMNS])
+    for row in summary.get("rows") or []:
+        writer.writerow([_cell(row["overrides"].get(key)) for key in varied]
+                        + [_cell(row.get(c)) for c in SUMMARY_COLUMNS])
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def presets_table(presets: Sequence[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("preset", no_wrap=True)
+    table.add_column("jobs", justify="right", no_wrap=True)
+    table.add_column("what it compares", overflow="fold")
+    for preset in presets:
+        table.add_row(preset["name"], str(preset["jobs"]), escape(preset["description"]))
+    return table

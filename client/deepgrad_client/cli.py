@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +328,140 @@ def export(state: _State, job_id: str, csv_path: Path, kind: str) -> None:
         return
     state.client.export(job_id, csv_path, kind)
     click.echo(f"wrote {csv_path}")
+
+
+# -- studies --------------------------------------------------------------------------------------------------
+
+STUDY_PLOT_KINDS = ("accuracy", "ratio", "cost", "depth", "metrics")
+
+
+@cli.group()
+def study() -> None:
+    """Run a set of paired jobs as one study: a preset (deepgrad-client study presets) or a study file."""
+
+
+@study.command(name="run")
+@click.argument("what", metavar="PRESET_OR_FILE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a field of every job's spec, e.g. --set train.epochs=2 --set model.width=0.25.")
+@click.option("--name", help="Study name (default: the preset's, or the file's stem).")
+@click.option("--watch", is_flag=True, help="Show progress until every job has ended, then the summary.")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds between progress checks with --watch.")
+@json_option
+@pass_state
+def study_run(state: _State, what: str, overrides: tuple[str, ...], name: str | None, watch: bool, poll: float,
+              as_json: bool) -> None:
+    """Queue a study: a preset's name, or a file (.yaml/.yml/.json) holding base: and grid: or points:."""
+    sets = apply_overrides({}, overrides)
+    path = Path(what)
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.is_file():
+        definition = load_spec(path)
+        unknown = set(definition) - {"name", "base", "grid", "points", "preset"}
+        if unknown:
+            raise InputError(f"study file {path}: unknown key(s) {sorted(unknown)} (a study file holds name, base, "
+                             "and grid or points; or preset)")
+        body = state.client.create_study(preset=definition.get("preset"), base=definition.get("base"),
+                                         grid=definition.get("grid"), points=definition.get("points"),
+                                         overrides=_flat(sets), name=name or definition.get("name") or path.stem)
+    else:
+        body = state.client.create_study(preset=what, overrides=_flat(sets), name=name)
+    if as_json and not watch:
+        _print_json(body)
+        return
+    if not as_json:
+        _out().print(f"queued study [bold]{body['id']}[/] ({escape(body['name'])}): {len(body['jobs'])} jobs\n"
+                     f"follow it with: deepgrad-client study status {body['id']}")
+    if watch:
+        def progress(current: dict[str, Any]) -> None:
+            if not as_json:
+                _out().print(f"{time.strftime('%H:%M:%S')} {_render.counts_text(current.get('counts') or {})}")
+
+        state.client.wait_study(body["id"], progress=progress, poll=poll)
+        summary = state.client.study_summary(body["id"])
+        _print_json(summary) if as_json else _out().print(_render.summary_table(summary))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``: --set values as the server's ``set``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@study.command(name="presets")
+@json_option
+@pass_state
+def study_presets(state: _State, as_json: bool) -> None:
+    """The studies the server runs by name."""
+    presets = state.client.presets()
+    _print_json(presets) if as_json else _out().print(_render.presets_table(presets))
+
+
+@study.command(name="list")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@json_option
+@pass_state
+def study_list(state: _State, limit: int, as_json: bool) -> None:
+    """Studies, newest first, with their jobs' states."""
+    body = state.client.studies(limit=limit)
+    _print_json(body) if as_json else _out().print(_render.studies_table(body["data"]))
+
+
+@study.command(name="status")
+@click.argument("study_id", metavar="ID")
+@json_option
+@pass_state
+def study_status(state: _State, study_id: str, as_json: bool) -> None:
+    """A study's jobs: what each varies, its state and progress."""
+    body = state.client.study(study_id)
+    _print_json(body) if as_json else _out().print(_render.study_table(body))
+
+
+@study.command(name="summary")
+@click.argument("study_id", metavar="ID")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: one column per varied key, then every result.")
+@json_option
+@pass_state
+def study_summary(state: _State, study_id: str, as_csv: bool, as_json: bool) -> None:
+    """One row per job: accuracy, loss, time, parameters, FLOPs, first/last gradient ratio, vanishing."""
+    body = state.client.study_summary(study_id)
+    if as_csv:
+        sys.stdout.write(_render.summary_csv(body))
+    else:
+        _print_json(body) if as_json else _out().print(_render.summary_table(body))
+
+
+@study.command(name="plot")
+@click.argument("study_id", metavar="ID")
+@click.argument("kind", type=click.Choice(STUDY_PLOT_KINDS))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Where to write the PNG.")
+@pass_state
+def study_plot(state: _State, study_id: str, kind: str, output: Path) -> None:
+    """Save a study figure: accuracy, ratio, cost (accuracy against parameters and FLOPs), depth, metrics."""
+    output.write_bytes(state.client.study_plot(study_id, kind))
+    click.echo(f"wrote {output}")
+
+
+@study.command(name="cancel")
+@click.argument("study_id", metavar="ID")
+@json_option
+@pass_state
+def study_cancel(state: _State, study_id: str, as_json: bool) -> None:
+    """Cancel every job of the study that has not ended."""
+    body = state.client.cancel_study(study_id)
+    _print_json(body) if as_json else _out().print(f"study {study_id}: {_render.counts_text(body['counts'])}")
+
+
+@study.command(name="delete")
+@click.argument("study_id", metavar="ID")
+@pass_state
+def study_delete(state: _State, study_id: str) -> None:
+    """Remove an ended study and all its jobs."""
+    state.client.delete_study(study_id)
+    click.echo(f"deleted study {study_id}")
