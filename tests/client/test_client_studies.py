@@ -36,7 +36,7 @@ def test_study_from_a_file_then_status_summary_cancel_delete(idle: Live, tmp_pat
     assert rows[0]["test_acc"] == "" and rows[0]["job_id"] == study["jobs"][0]["job"]["id"]
 
     plot = run(idle, "study", "plot", study_id, "accuracy", "-o", str(tmp_path / "a.png"))
-    assert "nothing to draw yet" in assert_clean_error(plot)
+    assert "has a test accuracy yet" in assert_clean_error(plot)
     assert "cancel it first" in assert_clean_error(run(idle, "study", "delete", study_id))
     cancelled = run(idle, "study", "cancel", study_id)
     assert cancelled.exit_code == 0 and "4 cancelled" in cancelled.stdout
