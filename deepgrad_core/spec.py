@@ -191,6 +191,8 @@ class TrackingSpec(_Spec):
     activation_every: int = Field(default=10, ge=0, description="record activation gradients every N steps "
                                   "(1: every step, 0: never)")
     flush_every: int = Field(default=50, ge=1, le=100_000)
+    histogram_every: int = Field(default=100, ge=0, le=1_000_000, description="record a histogram of each tracked "
+                                 "layer's weight gradient (log10 |g|, fixed bins) every N steps (0: never)")
     layer_types: tuple[Literal["conv", "linear"], ...] = Field(
         default=("conv",), min_length=1, max_length=2, json_schema_extra={"uniqueItems": True},
         description="kinds of layer to track, each at most once")

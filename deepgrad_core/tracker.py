@@ -11,7 +11,10 @@ So the default ``fused`` mode
   steps, by registering forward hooks just for that step and removing them after it, so the
   other steps pay nothing;
 * moves the buffers to the host once per flush, in one transfer, and hands ``NormBlock``s to
-  ``on_flush``; non-finite values are found there, not by syncing every step.
+  ``on_flush``; non-finite values are found there, not by syncing every step;
+* on every ``histogram_every``-th step, counts each tracked layer's weight-gradient elements in fixed
+  log10 |g| bins (``deepgrad_core.histograms``) on the device, with ``histc``: no host sync either; the
+  rows travel with the norms at the flush and reach ``on_histograms`` as a ``HistBlock``.
 
 ``mode="full_backward_hook"`` is the original method (a hook on every layer's full backward pass,
 reading its ``grad_output`` with ``.norm().item()`` per layer per step), kept for comparison and
@@ -43,6 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from deepgrad_core import histograms
+from deepgrad_core.histograms import HistBlock
 from deepgrad_core.models.tracked import TrackedLayer, tracked_layers
 from deepgrad_core.norms import NormBlock
 
@@ -60,6 +65,8 @@ class GradientTracker:
         mode: ``fused`` (default) or ``full_backward_hook`` (the original study's method).
         activation_every: record output-gradient norms every N steps (1: every step, 0: never).
         flush_every: steps between host transfers; ``on_flush`` receives one block per kind.
+        histogram_every: record weight-gradient histograms every N steps (0: never); ``on_histograms``
+            receives them, one ``HistBlock`` per flush.
         scaler: a ``torch.amp.GradScaler``; activation norms (both modes) are divided by its
             scale, and ``record_step`` must run after ``scaler.unscale_(optimizer)`` so weight
             norms are the true ones (this is checked).
@@ -68,11 +75,12 @@ class GradientTracker:
     def __init__(self, model: nn.Module, *, layers: Sequence[TrackedLayer] | None = None,
                  layer_types: Sequence[str] = ("conv",), mode: str = "fused", activation_every: int = 10,
                  flush_every: int = 50, on_flush: Callable[[NormBlock], None] | None = None,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
+                 scaler: torch.amp.GradScaler | None = None, histogram_every: int = 0,
+                 on_histograms: Callable[[HistBlock], None] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-        if activation_every < 0 or flush_every < 1:
-            raise ValueError("activation_every must be >= 0 and flush_every >= 1")
+        if activation_every < 0 or flush_every < 1 or histogram_every < 0:
+            raise ValueError("activation_every and histogram_every must be >= 0, and flush_every >= 1")
         self.model = model
         self.layers = list(layers) if layers is not None else tracked_layers(model, layer_types)
         if not self.layers:
@@ -81,7 +89,9 @@ class GradientTracker:
         self.mode = mode
         self.activation_every = 1 if mode == "full_backward_hook" else activation_every
         self.flush_every = flush_every
+        self.histogram_every = histogram_every
         self.on_flush = on_flush
+        self.on_histograms = on_histograms
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.device = self.layers[0].weight.device
         self.flushes = 0  # number of device->host transfers made (one per flush with data)
@@ -147,8 +157,10 @@ class GradientTracker:
             self._wn += 1
         if self._sampled:
             self._record_activations()
+        if self.histogram_every and self._step % self.histogram_every == 0:
+            self._record_histograms()
         self._step = None
-        if self._wn >= self.flush_every or self._an >= self.flush_every:
+        if self._wn >= self.flush_every or self._an >= self.flush_every or (self._hcap and self._hn >= self._hcap):
             self.flush()
 
     def _record_weights(self) -> None:
@@ -164,6 +176,22 @@ class GradientTracker:
             idx = [i for i, g in enumerate(grads) if g is not None]
             if idx:
                 row[idx] = torch.stack(torch._foreach_norm(present, 2, dtype=torch.float32))
+
+    def _record_histograms(self) -> None:
+        """One row of per-layer counts of log10 |g| in the fixed bins, computed where the gradients are."""
+        lo, hi = histograms.LOW, histograms.HIGH
+        row = self._hbuf[self._hn]
+        for j, layer in enumerate(self.layers):
+            grad = layer.weight.grad
+            if grad is None:
+                row[j].zero_()
+                continue
+            logs = grad.detach().float().abs().log10_()
+            # Zeros (-inf) and tiny values land in the first bin, large ones and NaN/inf in the last.
+            logs = torch.nan_to_num_(logs, nan=hi, posinf=hi, neginf=lo).clamp_(lo, hi)
+            row[j] = torch.histc(logs, bins=histograms.BINS, min=lo, max=hi)
+        self._hsteps.append(self._step)
+        self._hn += 1
 
     def _record_activations(self) -> None:
         if self.mode == "full_backward_hook":
@@ -208,12 +236,13 @@ class GradientTracker:
     # -- flushing -------------------------------------------------------------------------------
     def flush(self) -> list[NormBlock]:
         """Move what was recorded to the host (one transfer) and hand it to ``on_flush``."""
-        wn, an = self._wn, self._an
-        if wn == 0 and an == 0:
+        wn, an, hn = self._wn, self._an, self._hn
+        if wn == 0 and an == 0 and hn == 0:
             return []
         parts = [self._wbuf[:wn].flatten(), self._abuf[:an].flatten()]
         if self._has_global:
             parts.append(self._gbuf[:wn])
+        parts.append(self._hbuf[:hn].flatten())
         host = torch.cat([p.to(self.device) for p in parts]).cpu().numpy()
         self.flushes += 1
         L = len(self.layers)
@@ -224,9 +253,13 @@ class GradientTracker:
         if an:
             blocks.append(NormBlock("activation", np.asarray(self._asteps, np.int64), self.names,
                                     host[wn * L: (wn + an) * L].reshape(an, L).copy()))
+        end = (wn + an) * L
         if self._has_global:
             blocks.append(NormBlock("global", np.asarray(self._wsteps, np.int64), ("global",),
-                                    host[(wn + an) * L:].reshape(wn, 1).copy()))
+                                    host[end:end + wn].reshape(wn, 1).copy()))
+            end += wn
+        hist = HistBlock(np.asarray(self._hsteps, np.int64), self.names,
+                         host[end:].reshape(hn, L, histograms.BINS).copy()) if hn else None
         for block in blocks:
             bad = block.nonfinite_steps
             if len(bad):
@@ -237,6 +270,8 @@ class GradientTracker:
         if self.on_flush is not None:
             for block in blocks:
                 self.on_flush(block)
+        if hist is not None and self.on_histograms is not None:
+            self.on_histograms(hist)
         return blocks
 
     @property
@@ -250,7 +285,7 @@ class GradientTracker:
         device = self.layers[0].weight.device
         if device == self.device:
             return
-        pending = max(self._wn, self._an)
+        pending = max(self._wn, self._an, self._hn)
         if pending:
             raise RuntimeError(f"the model moved from {self.device} to {device} while {pending} recorded "
                                "step(s) were waiting in the tracker's buffers; call tracker.flush() before "
@@ -265,7 +300,11 @@ class GradientTracker:
         # Activation rows are filled on the host in full_backward_hook mode.
         act_device = "cpu" if self.mode == "full_backward_hook" else self.device
         self._abuf = torch.zeros(n, L, device=act_device)
+        # Histogram rows come every histogram_every steps: room for those of one flush interval (and one more).
+        self._hcap = min(n, -(-n // self.histogram_every) + 1) if self.histogram_every else 0
+        self._hbuf = torch.zeros(self._hcap, L, histograms.BINS, device=self.device)
         self._wsteps: list[int] = []
         self._asteps: list[int] = []
-        self._wn = self._an = 0
+        self._hsteps: list[int] = []
+        self._wn = self._an = self._hn = 0
         self._has_global = False

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from deepgrad_core.histograms import HistBlock
 from deepgrad_core.norms import NormBlock
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -26,7 +27,7 @@ CHECKPOINT_NAME = "last.safetensors"
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, norms: dict[str, NormBlock | None],
-                    meta: dict[str, Any]) -> None:
+                    meta: dict[str, Any], histograms: HistBlock | None = None) -> None:
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -41,6 +42,10 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
             tensors[f"norms/{kind}/steps"] = torch.from_numpy(block.steps)
             tensors[f"norms/{kind}/values"] = torch.from_numpy(block.values)
             meta.setdefault("norm_layers", {})[kind] = list(block.layers)
+    if histograms is not None:
+        tensors["hist/steps"] = torch.from_numpy(np.ascontiguousarray(histograms.steps))
+        tensors["hist/counts"] = torch.from_numpy(np.ascontiguousarray(histograms.counts))
+        meta["hist_layers"] = list(histograms.layers)
     metadata = {
         "meta": json.dumps(meta),
         "optim_groups": json.dumps(opt_state["param_groups"]),
@@ -100,7 +105,8 @@ def check_spec(path: Path, spec: Any) -> None:
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None) -> tuple[dict[str, Any], dict[str, NormBlock]]:
-    """Restore model, optimizer and scaler in place; return (meta, norms recorded so far)."""
+    """Restore model, optimizer and scaler in place; return (meta, norms recorded so far). The histograms
+    recorded so far are in ``meta["histograms"]`` (a ``HistBlock``; absent when none were)."""
     device = next(model.parameters()).device
     with _open(path) as f:
         metadata = f.metadata()
@@ -122,4 +128,7 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     for kind, layers in meta.get("norm_layers", {}).items():
         norms[kind] = NormBlock(kind, tensors[f"norms/{kind}/steps"].numpy().astype(np.int64),
                                 tuple(layers), tensors[f"norms/{kind}/values"].numpy())
+    if "hist_layers" in meta:
+        meta["histograms"] = HistBlock(tensors["hist/steps"].numpy().astype(np.int64), tuple(meta["hist_layers"]),
+                                       tensors["hist/counts"].numpy())
     return meta, norms

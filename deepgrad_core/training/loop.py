@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from deepgrad_core.analysis.summary import summarize_run
 from deepgrad_core.data import ImageSplit, load_splits
 from deepgrad_core.device import choose_device
+from deepgrad_core.histograms import HistBlock, join
 from deepgrad_core.loader import DeviceLoader
 from deepgrad_core.norms import KINDS, NormBlock, NormBuffer
 from deepgrad_core.spec import ExperimentSpec, as_experiment_spec
@@ -61,6 +62,7 @@ class TrainResult:
     norms: dict[str, NormBlock | None]
     layers: list[dict[str, Any]]
     steps_per_epoch: int
+    histograms: HistBlock | None = None  # weight-gradient histograms on sampled steps (tracking.histogram_every)
     start_step: int = 0  # first step this call ran: 0, or where a resumed checkpoint left off
     final: dict[str, Any] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
@@ -134,6 +136,8 @@ def _resume(training: _Training, path: Path) -> int:
     training.history = meta["history"]
     for kind, block in saved.items():
         training.norms[kind].append(block)
+    if "histograms" in meta:
+        training.histograms = [meta.pop("histograms")]
     log.info("resumed from %s after epoch %d", path, meta["epoch"])
     return meta["epoch"] + 1
 
@@ -185,6 +189,7 @@ class _Training:
     first_bad_loss: Tensor  # first step with a non-finite loss (-1: none yet), kept on the device
     tracker: GradientTracker | None = None
     norms: dict[str, NormBuffer] = field(default_factory=lambda: {kind: NormBuffer() for kind in KINDS})
+    histograms: list[HistBlock] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # "diverged" | "cancelled"
     diverged_at: int | None = None
@@ -203,7 +208,8 @@ class _Training:
         training.tracker = GradientTracker(model, layer_types=tracking.layer_types, mode=tracking.mode,
                                            activation_every=tracking.activation_every,
                                            flush_every=tracking.flush_every, scaler=scaler,
-                                           on_flush=training.on_flush)
+                                           on_flush=training.on_flush, histogram_every=tracking.histogram_every,
+                                           on_histograms=training.on_histograms)
         return training
 
     def fit(self, start_epoch: int, train_loader: DeviceLoader, test_loader: DeviceLoader, *,
@@ -222,6 +228,7 @@ class _Training:
             if checkpoint is not None and every and (epoch + 1) % every == 0:
                 save_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
                                 norms={k: v.block() for k, v in self.norms.items()},
+                                histograms=self.joined_histograms(),
                                 meta={"epoch": epoch, "history": self.history,
                                       "spec": self.spec.model_dump(mode="json")})
         return "succeeded"
@@ -304,6 +311,16 @@ class _Training:
             self.diverged_at, why = verdict
             log.warning("run diverged at step %d: %s", self.diverged_at, why)
 
+    def on_histograms(self, block: HistBlock) -> None:
+        self.histograms.append(block)
+        if self.sink is not None:
+            self.sink.histograms(block)
+
+    def joined_histograms(self) -> HistBlock | None:
+        """The histograms so far as one block, kept joined (few rows: one per ``histogram_every`` steps)."""
+        self.histograms = [joined] if (joined := join(self.histograms)) is not None else []
+        return joined
+
     def test_metrics(self, loader: DeviceLoader) -> dict[str, float]:
         loss, acc, _ = evaluate(self.model, loader.epoch(0), self.spec.model.num_classes, self.autocast)
         return {"test_loss": loss, "test_acc": acc}
@@ -312,6 +329,7 @@ class _Training:
         norms = {k: v.block() for k, v in self.norms.items()}
         return TrainResult(spec=self.spec, status=status, history=self.history, norms=norms,
                            steps_per_epoch=self.steps_per_epoch, start_step=start_step,
+                           histograms=self.joined_histograms(),
                            layers=[la.to_dict() for la in self.tracker.layers],
                            diverged_at_step=self.diverged_at, environment=environment(device),
                            summary=summarize_run(norms, steps_per_epoch=self.steps_per_epoch,

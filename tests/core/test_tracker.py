@@ -366,3 +366,74 @@ def test_sync_guard_catches_the_original_methods_per_layer_item():
         _run(model, tracker, 2)
     tracker.detach()
     assert sum(1 for name, allowed in calls if name == "item" and not allowed) == 2 * len(tracker.layers)
+
+
+def _direct_histogram(grad: torch.Tensor) -> np.ndarray:
+    """The bins of ``deepgrad_core.histograms`` computed directly: floor((log10|g| - LOW) * BINS / span)."""
+    from deepgrad_core import histograms as h
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(np.abs(grad.detach().double().numpy().ravel()))
+    logs = np.clip(np.nan_to_num(logs, nan=h.HIGH, posinf=h.HIGH, neginf=h.LOW), h.LOW, h.HIGH)
+    index = np.minimum(np.floor((logs - h.LOW) * h.BINS / (h.HIGH - h.LOW)).astype(int), h.BINS - 1)
+    return np.bincount(index, minlength=h.BINS)
+
+
+def test_histograms_equal_a_direct_computation_on_sampled_steps():
+    from deepgrad_core.histograms import BINS, HistBlock
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "vgg_deep", "width": 0.125})
+    blocks: list[HistBlock] = []
+    expected = {}
+
+    def check(step, m):
+        if step % 3 == 0:
+            layers = tracker.layers
+            layers[0].weight.grad.view(-1)[:5] = 0.0  # zeros land in the first bin
+            layers[1].weight.grad.view(-1)[0] = float("nan")  # non-finite values in the last
+            layers[2].weight.grad.view(-1)[0] = 1e6
+            expected[step] = np.stack([_direct_histogram(la.weight.grad) for la in layers])
+
+    with GradientTracker(model, flush_every=4, histogram_every=3, on_histograms=blocks.append) as tracker:
+        _run(model, tracker, 8, check=check)
+        tracker.flush()
+    steps = np.concatenate([b.steps for b in blocks])
+    counts = np.concatenate([b.counts for b in blocks])
+    assert steps.tolist() == [0, 3, 6] and counts.shape == (3, 17, BINS)
+    assert blocks[0].layers == tuple(la.name for la in tracker.layers)
+    for i, step in enumerate(steps):
+        # float32 on the tracker's side, float64 here: a value on a bin edge may fall either side of it
+        np.testing.assert_allclose(counts[i], expected[step], atol=2)
+        assert counts[i].sum(axis=1).tolist() == [la.weight.numel() for la in tracker.layers]
+    assert counts[0, 0, 0] >= 5 and counts[0, 1, -1] >= 1 and counts[0, 2, -1] >= 1
+
+
+def test_histograms_off_cost_nothing_and_stay_within_one_flush_of_rows():
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    off = GradientTracker(model, histogram_every=0)
+    assert off._hbuf.shape[0] == 0
+    on = GradientTracker(model, flush_every=100_000, histogram_every=100)
+    assert on._hbuf.shape[0] == 1001  # rows of one flush interval, not one per step
+
+
+def test_no_host_sync_inside_steps_with_histograms():
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    allowed, got = [False], []
+    tracker = GradientTracker(model, flush_every=5, histogram_every=2, on_histograms=got.append).attach()
+    original_flush = tracker.flush
+
+    def flush():
+        allowed[0] = True
+        try:
+            return original_flush()
+        finally:
+            allowed[0] = False
+
+    tracker.flush = flush
+    with _forbid_host_sync(allowed) as calls:
+        _run(model, tracker, 10)
+    tracker.detach()
+    assert [c for c in calls if not c[1]] == [], "host sync inside a training step"
+    assert [b.steps.tolist() for b in got] == [[0, 2, 4], [6, 8]]  # with the norms, at each flush
