@@ -7,7 +7,8 @@ and returns what it wrote. Nothing here prints or exits: ``deepgrad_core.cli`` d
 The folder: ``spec.json`` (the resolved spec), ``history.json`` (per-epoch metrics), ``result.json`` (status,
 final metrics, per-class report, confusion, vanishing summary, environment, layers, cost), ``norms_<kind>.csv``
 (``step``, then one column per tracked layer), ``filters.npy`` / ``filters_init.npy`` (the first conv's
-filters, learned and at initialization), ``plots/<kind>.png`` when asked, and ``checkpoint/``.
+filters, learned and at initialization), ``histograms.npy`` / ``histogram_steps.npy`` (weight-gradient histograms
+on sampled steps, layers as in result.json), ``plots/<kind>.png`` when asked, and ``checkpoint/``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger("deepgrad_core.cli")
 
 OUTPUTS = ("spec.json", "history.json", "result.json")
 ARRAYS = ("filters.npy", "filters_init.npy")
+HISTOGRAMS = ("histograms.npy", "histogram_steps.npy")  # [steps, layers, bins] counts, and their steps
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -80,7 +82,8 @@ class FolderSink(Sink):
         out, spec = self.out, experiment.spec
         self.experiment = experiment
         if not self.resume_allowed:  # a fresh start: drop the previous run's files
-            for stale in [out / CHECKPOINT_DIR / CHECKPOINT_NAME, *(out / name for name in (*OUTPUTS, *ARRAYS)),
+            for stale in [out / CHECKPOINT_DIR / CHECKPOINT_NAME,
+                          *(out / name for name in (*OUTPUTS, *ARRAYS, *HISTOGRAMS)),
                           *out.glob("norms_*.csv"), *out.glob("plots/*.png")]:
                 stale.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,10 @@ class FolderSink(Sink):
         out = self.out
         np.save(out / "filters.npy", first_layer_filters(self.experiment.model), allow_pickle=False)
         norm_files = write_norms_csv(out, result.norms)
+        if result.histograms is not None:
+            np.save(out / "histograms.npy", result.histograms.counts, allow_pickle=False)
+            np.save(out / "histogram_steps.npy", result.histograms.steps, allow_pickle=False)
+            norm_files += list(HISTOGRAMS)
         self.report = strict_json({
             "status": result.status, "diverged_at_step": result.diverged_at_step,
             "epochs_completed": len(result.history), "final": result.final, "per_class": result.per_class,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepgrad_core.histograms import HistBlock
 from deepgrad_core.norms import KINDS, NormBlock
 from deepgrad_core.plots.canvas import to_png
 from deepgrad_core.plots.job import JobData, PlotDataError
@@ -42,7 +43,7 @@ def _array(path: Path) -> np.ndarray | None:
 
 
 def load_run(run_dir: str | Path) -> JobData:
-    """The figures' view of a run folder: result.json, history.json, norms_<kind>.csv, filters*.npy."""
+    """The figures' view of a run folder: result.json, history.json, norms_<kind>.csv, filters*.npy, histograms."""
     run = Path(run_dir)
     try:
         result = json.loads((run / "result.json").read_text())
@@ -60,7 +61,20 @@ def load_run(run_dir: str | Path) -> JobData:
                    cost=result.get("cost"), filters=_array(run / "filters.npy"),
                    filters_init=_array(run / "filters_init.npy"), state=result.get("status", "succeeded"),
                    num_classes=(spec.get("model") or {}).get("num_classes"),
-                   vanishing_fraction=(spec.get("tracking") or {}).get("vanishing_fraction", 1e-3))
+                   vanishing_fraction=(spec.get("tracking") or {}).get("vanishing_fraction", 1e-3),
+                   histograms=_histograms(run, result))
+
+
+def _histograms(run: Path, result: dict) -> HistBlock | None:
+    """``histograms.npy`` (float32 [steps, layers, bins]) with ``histogram_steps.npy``; layers as result.json's."""
+    counts, steps = _array(run / "histograms.npy"), _array(run / "histogram_steps.npy")
+    if counts is None or steps is None:
+        return None
+    names = tuple(la["name"] for la in result.get("layers") or [])
+    try:
+        return HistBlock(steps.astype(np.int64), names, counts.astype(np.float32))
+    except ValueError as err:
+        raise RunFolderError(f"{run}: histograms.npy does not match its layers or steps: {err}") from err
 
 
 def write_figures(run_dir: str | Path, out_dir: str | Path, kinds: tuple[str, ...] = JOB_KINDS,

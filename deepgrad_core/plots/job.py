@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from deepgrad_core.histograms import HistBlock
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.series import epoch_means
 
@@ -57,6 +58,8 @@ class JobData:
     epoch_means: dict[str, tuple[list[int], np.ndarray, int]] = field(default_factory=dict)
     # Records in the store per kind, where ``series`` holds fewer (a long series' min/max rows): titles say so.
     recorded: dict[str, int] = field(default_factory=dict)
+    # Weight-gradient histograms (``deepgrad_core.histograms``): all recorded, or those the figure needs.
+    histograms: HistBlock | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
@@ -72,7 +75,8 @@ class JobData:
                    series={k: b for k, b in result.norms.items() if b is not None},
                    history=list(result.history), cost=cost, filters=filters, state=result.status,
                    filters_init=filters_init, num_classes=result.spec.model.num_classes,
-                   vanishing_fraction=result.spec.tracking.vanishing_fraction)
+                   vanishing_fraction=result.spec.tracking.vanishing_fraction,
+                   histograms=getattr(result, "histograms", None))
 
     def block(self, kind: str) -> NormBlock:
         """The ``kind`` norms, or PlotDataError when none were recorded yet."""

@@ -7,13 +7,14 @@ from matplotlib.figure import Figure
 from deepgrad_core.norms import KINDS
 from deepgrad_core.plots.compare import compare_depth_figure, compare_filters_figure, compare_metrics_figure
 from deepgrad_core.plots.gradients import depth_figure, heatmap_figure, norms_figure, selected_figure
+from deepgrad_core.plots.histograms import compare_histogram_figure, histogram_figure
 from deepgrad_core.plots.job import JobData, PlotParameterError
 from deepgrad_core.plots.metrics import metrics_figure
 from deepgrad_core.plots.model import compare_cost_figure, cost_figure, filters_figure
 from deepgrad_core.plots.ratio import compare_ratio_figure, ratio_figure
 
-JOB_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")
-COMPARE_KINDS = ("metrics", "depth", "ratio", "filters", "cost")
+JOB_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost", "histogram")
+COMPARE_KINDS = ("metrics", "depth", "ratio", "filters", "cost", "histogram")
 # The whole model's norm is one series: it has no layers to select, stack or place along depth.
 _PER_LAYER_ONLY = ("selected", "heatmap", "depth", "ratio")
 MAX_POINTS_RANGE = (10, 100_000)
@@ -67,13 +68,16 @@ def render_job(kind: str, job: JobData, *, norm_kind: str = "weight", layers: li
         return metrics_figure(job)
     if kind == "filters":
         return filters_figure(job)
+    if kind == "histogram":
+        return histogram_figure(job, layers=layers)
     return cost_figure(job)
 
 
 def render_compare(kind: str, jobs: list[JobData], *, norm_kind: str = "weight",
-                   epochs: list[int] | None = None, main_path: bool = False) -> Figure:
+                   epochs: list[int] | None = None, main_path: bool = False, layers: list[str] | None = None) -> Figure:
     """Several jobs on one figure: ``metrics`` (train and test), ``depth`` (one epoch, each job's last by default),
-    ``ratio`` (first/last main-path layer per epoch), ``filters`` or ``cost`` (parameters, FLOPs, memory)."""
+    ``ratio`` (first/last main-path layer per epoch), ``filters``, ``cost`` (parameters, FLOPs, memory) or
+    ``histogram`` (one layer's gradient distribution, ``layers=[name]``, default each job's first main-path)."""
     _check(kind, COMPARE_KINDS, norm_kind=norm_kind, smooth=0, max_points=MAX_POINTS_RANGE[0], epochs=epochs)
     if not 1 <= len(jobs) <= MAX_COMPARE_JOBS:
         raise PlotParameterError("ids", f"compare needs 1..{MAX_COMPARE_JOBS} jobs, got {len(jobs)}")
@@ -85,4 +89,6 @@ def render_compare(kind: str, jobs: list[JobData], *, norm_kind: str = "weight",
         return compare_ratio_figure(jobs, norm_kind=norm_kind)
     if kind == "cost":
         return compare_cost_figure(jobs)
+    if kind == "histogram":
+        return compare_histogram_figure(jobs, layers=layers)
     return compare_filters_figure(jobs)

@@ -136,9 +136,11 @@ def depth_series(db: Database, cache: JobCache, job: Job, kind: str) -> tuple[No
     return out
 
 
-def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *, depth: bool = False) -> JobData:
+def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *, depth: bool = False,
+             histograms: str | None = None) -> JobData:
     """The figures' view of ``job`` with the norm ``kinds`` they draw: over steps (``plot_series``), or their
-    per-epoch means (``depth``: ``depth_series``)."""
+    per-epoch means (``depth``: ``depth_series``); ``histograms``: ``"ends"`` (the first and last recorded step)
+    or ``"last"``."""
     series, means, recorded = {}, {}, {}
     for kind in (k for k in (job.norm_layers or {}) if k in kinds):
         found = depth_series(db, cache, job, kind) if depth else plot_series(db, cache, job, kind)
@@ -148,15 +150,22 @@ def job_data(db: Database, cache: JobCache, job: Job, kinds: tuple[str, ...], *,
             series[kind], means[kind] = found
         else:
             series[kind], recorded[kind] = found
+    hist = None
     with db.reading() as s:
         history = store.epochs(s, job_id=job.id)
         filters_init = store.get_array(s, job_id=job.id, name="filters_init")
+        if histograms is not None:
+            steps = store.histogram_steps(s, job_id=job.id)
+            wanted = [] if not len(steps) else [int(steps[-1])] if histograms == "last" else \
+                sorted({int(steps[0]), int(steps[-1])})
+            hist = store.load_histograms(s, job_id=job.id, steps=wanted)
     spec = job.spec or {}
     return JobData(name=job.name, layers=job.layers or [], steps_per_epoch=job.steps_per_epoch or 1,
                    series=series, history=history, cost=job.cost, filters=store.decode_array(job.filters),
                    state=job.state, epoch_means=means, recorded=recorded, filters_init=filters_init,
                    num_classes=(spec.get("model") or {}).get("num_classes", 10),
-                   vanishing_fraction=(spec.get("tracking") or {}).get("vanishing_fraction", 1e-3))
+                   vanishing_fraction=(spec.get("tracking") or {}).get("vanishing_fraction", 1e-3),
+                   histograms=hist)
 
 
 def layer_info(job: Job, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:

@@ -116,3 +116,19 @@ class StudyJob(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     position: Mapped[int] = mapped_column(Integer)
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class HistChunk(Base):
+    """Weight-gradient histograms of one flush: int64 steps ``[n]`` and float32 counts ``[n, layers, bins]``
+    (the fixed bins of ``deepgrad_core.histograms``); layer names are the job's weight norm columns."""
+
+    __tablename__ = "hist_chunks"
+    __table_args__ = (Index("ix_hist_chunks_job_step", "job_id", "first_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    first_step: Mapped[int] = mapped_column(Integer)
+    last_step: Mapped[int] = mapped_column(Integer)
+    layers: Mapped[list[str]] = mapped_column(JSON)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)
+    counts: Mapped[bytes] = mapped_column(LargeBinary)

@@ -28,6 +28,7 @@ from deepgrad_server.failures import JobFailure, classify
 
 if TYPE_CHECKING:
     from deepgrad_core.experiment import Experiment
+    from deepgrad_core.histograms import HistBlock
     from deepgrad_core.norms import NormBlock
     from deepgrad_core.training import StepInfo, TrainResult
 
@@ -177,6 +178,10 @@ class DatabaseSink(Sink):
     def norms(self, block: NormBlock) -> None:
         with self.db.writing() as s:
             store.append_norms(s, job_id=self.job_id, block=block, registered=self.registered)
+
+    def histograms(self, block: HistBlock) -> None:
+        with self.db.writing() as s:
+            store.append_histograms(s, job_id=self.job_id, block=block)
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         with self.db.writing() as s:

@@ -127,6 +127,19 @@ class SeriesPublic(BaseModel):
     values: list[list[float | None]] = Field(description="one list per layer, aligned with steps; NaN/inf: null")
 
 
+class HistogramsPublic(BaseModel):
+    job_id: str
+    edges_log10: list[float] = Field(description="bin edges as log10 |gradient|; the first bin also holds every "
+                                                 "smaller value (zeros included), the last every larger one and "
+                                                 "NaN/inf")
+    recorded_steps: int = Field(description="steps with histograms (one every tracking.histogram_every steps)")
+    first_step: int | None = None
+    last_step: int | None = None
+    steps: list[int]
+    layers: list[LayerInfo]
+    counts: list[list[list[float]]] = Field(description="[step][layer][bin]: weight-gradient elements per bin")
+
+
 class CostPublic(BaseModel):
     spec: dict[str, Any] = Field(description="the resolved spec")
     cost: dict[str, Any] = Field(description="parameters, FLOPs (1 multiply-add = 2 FLOPs) and activation bytes "

@@ -12,12 +12,13 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, false, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from deepgrad_core.histograms import BINS, HistBlock
 from deepgrad_core.norms import NormBlock
-from deepgrad_server.models import TERMINAL, EpochMetric, Job, JobArray, NormChunk, Study, StudyJob
+from deepgrad_server.models import TERMINAL, EpochMetric, HistChunk, Job, JobArray, NormChunk, Study, StudyJob
 
 
 class QueueFull(Exception):
@@ -180,6 +181,7 @@ def running_jobs(s: Session) -> list[Job]:
 
 def delete_job(s: Session, *, job_id: str) -> None:
     s.execute(delete(StudyJob).where(StudyJob.job_id == job_id))
+    s.execute(delete(HistChunk).where(HistChunk.job_id == job_id))
     s.execute(delete(NormChunk).where(NormChunk.job_id == job_id))
     s.execute(delete(JobArray).where(JobArray.job_id == job_id))
     s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
@@ -301,9 +303,56 @@ def truncate_from(s: Session, *, job_id: str, step: int) -> None:
         keep = steps < step
         s.delete(chunk)
         s.add(NormChunk(**_chunk_row(job_id, chunk.kind, steps[keep], values[keep])))
+    s.execute(delete(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step >= step))
+    for chunk in s.scalars(select(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step < step,
+                                                   HistChunk.last_step >= step)).all():
+        block = _hist(chunk)
+        keep = block.steps < step
+        s.delete(chunk)
+        append_histograms(s, job_id=job_id, block=HistBlock(block.steps[keep], block.layers, block.counts[keep]))
     spe = s.scalar(select(Job.steps_per_epoch).where(Job.id == job_id))
     first_epoch = step // spe if spe else 0
     s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch >= first_epoch))
+
+
+def append_histograms(s: Session, *, job_id: str, block: HistBlock) -> None:
+    """Store one flushed block of histograms as one row."""
+    if not len(block):
+        return
+    s.add(HistChunk(job_id=job_id, first_step=int(block.steps[0]), last_step=int(block.steps[-1]),
+                    layers=list(block.layers), steps=np.ascontiguousarray(block.steps, np.int64).tobytes(),
+                    counts=np.ascontiguousarray(block.counts, np.float32).tobytes()))
+
+
+def load_histograms(s: Session, *, job_id: str, steps: list[int] | None = None) -> HistBlock | None:
+    """The job's histograms in step order, or only those at ``steps`` (reading just the chunks that hold them:
+    memory bounded by the answer); None when there are none."""
+    query = select(HistChunk).where(HistChunk.job_id == job_id).order_by(HistChunk.first_step)
+    if steps is not None:
+        query = query.where(or_(*(and_(HistChunk.first_step <= step, HistChunk.last_step >= step)
+                                  for step in steps))) if steps else query.where(false())
+    blocks = [_hist(chunk) for chunk in s.scalars(query)]
+    if not blocks:
+        return None
+    block = HistBlock(np.concatenate([b.steps for b in blocks]), blocks[0].layers,
+                      np.concatenate([b.counts for b in blocks]))
+    if steps is not None:
+        keep = np.isin(block.steps, steps)
+        block = HistBlock(block.steps[keep], block.layers, block.counts[keep])
+    return block if len(block) else None
+
+
+def histogram_steps(s: Session, *, job_id: str) -> np.ndarray:
+    """The steps that have histograms, without reading any counts."""
+    rows = s.scalars(select(HistChunk.steps).where(HistChunk.job_id == job_id).order_by(HistChunk.first_step))
+    parts = [np.frombuffer(blob, np.int64) for blob in rows]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _hist(chunk: HistChunk) -> HistBlock:
+    steps = np.frombuffer(chunk.steps, np.int64)
+    counts = np.frombuffer(chunk.counts, np.float32).reshape(len(steps), len(chunk.layers), BINS)
+    return HistBlock(steps, tuple(chunk.layers), counts)
 
 
 def _decode(chunk: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from deepgrad_core.histograms import BINS, EDGES, HistBlock
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS, JobData, PlotDataError, render_compare, render_job, to_png
 from deepgrad_core.plots.series import binned_log10, moving_average
@@ -44,7 +45,15 @@ def fake_job(name: str = "vgg-fake", *, layers: int = LAYERS, epochs: int = EPOC
         series={"weight": NormBlock("weight", steps, names, values),
                 "activation": NormBlock("activation", act, names, values[::ACTIVATION_EVERY] * 2),
                 "global": NormBlock("global", steps, ("global",), np.linalg.norm(values, axis=1, keepdims=True))},
-        filters=rng.random((16, 3, 3, 3), dtype=np.float32))
+        filters=rng.random((16, 3, 3, 3), dtype=np.float32), histograms=_fake_histograms(names, steps[::50], rng))
+
+
+def _fake_histograms(names: tuple[str, ...], steps: np.ndarray, rng: np.random.Generator) -> HistBlock:
+    """Bumps of log10 |g| that sit lower the nearer a layer is to the input, as when gradients vanish."""
+    centers = np.linspace(-10, -2, len(names))[None, :, None] - steps[:, None, None] / (10 * len(steps) + 1)
+    x = (EDGES[:-1] + EDGES[1:])[None, None, :] / 2
+    counts = 1000 * np.exp(-0.5 * ((x - centers) / 0.6) ** 2) + rng.random((len(steps), len(names), BINS))
+    return HistBlock(steps.astype(np.int64), names, counts.astype(np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +240,8 @@ def test_render_job_activation_never_recorded_says_what_was(job):
 
 @pytest.mark.parametrize(("call", "match"), [
     (lambda j: render_job("bogus", j), "plot kind must be one of"),
-    (lambda j: render_compare("heatmap", [j]), r"one of \['metrics', 'depth', 'ratio', 'filters', 'cost'\]"),
+    (lambda j: render_compare("heatmap", [j]),
+     r"one of \['metrics', 'depth', 'ratio', 'filters', 'cost', 'histogram'\]"),
     (lambda j: render_job("norms", j, norm_kind="bias"), "norm kind"),
     (lambda j: render_job("heatmap", j, norm_kind="global"), r"\['weight', 'activation'\]"),
     (lambda j: render_job("norms", j, layers=["conv99"]), "conv1"),

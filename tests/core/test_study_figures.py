@@ -233,8 +233,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_plots_writes_every_figure(run_dir: Path) -> None:
     names = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert names == sorted(["norms.png", "selected.png", "heatmap.png", "depth.png", "ratio.png", "metrics.png",
-                            "filters.png", "cost.png", "norms-activation.png", "heatmap-activation.png",
-                            "depth-activation.png"])
+                            "filters.png", "cost.png", "histogram.png", "norms-activation.png",
+                            "heatmap-activation.png", "depth-activation.png"])
     assert (run_dir / "filters_init.npy").is_file() and (run_dir / "filters.npy").is_file()
 
 
@@ -256,7 +256,7 @@ def test_deepgrad_plot_command(run_dir: Path, tmp_path: Path) -> None:
     r = plot(str(run_dir), "heatmap", "--norm-kind", "activation", "-o", str(tmp_path / "h.png"))
     assert r.returncode == 0 and (tmp_path / "h.png").read_bytes().startswith(b"\x89PNG"), r.stderr
     r = plot(str(run_dir), "all", "-o", str(tmp_path / "all"))
-    assert r.returncode == 0 and len(list((tmp_path / "all").glob("*.png"))) == 11
+    assert r.returncode == 0 and len(list((tmp_path / "all").glob("*.png"))) == 12  # histogram.png too
     r = plot(str(tmp_path), "norms")  # not a run folder
     assert r.returncode == 2 and "no result.json" in r.stderr and "Traceback" not in r.stderr
     r = plot(str(run_dir), "depth", "--epochs", "9")

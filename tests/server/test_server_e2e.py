@@ -202,3 +202,20 @@ def test_delete_removes_everything(finished: tuple[LiveServer, dict], client: ht
     assert not (finished[0].data_dir / "jobs" / job_id).exists()
     assert client.delete(f"/jobs/{job_id}").status_code == 404
     ids.pop("resnet18")
+
+
+def test_histograms_of_chosen_layers_and_steps(client: httpx.Client, ids: dict[str, str]) -> None:
+    url = f"/jobs/{ids['vgg_deep']}/histograms"
+    body = client.get(url).json()  # default: every layer, first and last recorded step
+    assert body["recorded_steps"] == 1 and body["steps"] == [0] == [body["first_step"]]  # every 100 steps: step 0
+    assert len(body["edges_log10"]) == 57 and [la["name"] for la in body["layers"]] == [f"conv{i}" for i in
+                                                                                           range(1, 18)]
+    counts = body["counts"][0]
+    assert len(counts) == 17 and all(len(row) == 56 for row in counts)
+    assert sum(counts[0]) == 3 * 16 * 9  # conv1 of width 0.25: every weight-gradient element counted once
+    one = client.get(url, params={"layers": "conv17,conv1", "steps": "0"}).json()
+    assert [la["name"] for la in one["layers"]] == ["conv17", "conv1"] and one["counts"][0][1] == counts[0]
+    bad = client.get(url, params={"steps": "5"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "steps"]
+    assert client.get(url, params={"layers": "conv99"}).status_code == 422
+    assert client.get(url, params={"steps": "x"}).status_code == 422

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepgrad_core.histograms import BINS, HistBlock
 from deepgrad_core.norms import NormBlock
 from deepgrad_core.plots import COMPARE_KINDS, JOB_KINDS
 from deepgrad_server import store
@@ -33,6 +34,9 @@ def seed(client: httpx.Client, *, state: str, steps: int, values: np.ndarray | N
             v = values if values is not None else np.random.default_rng(1).random((steps, len(LAYERS)))
             store.append_norms(s, job_id=job.id, block=NormBlock("weight", np.arange(steps), LAYERS,
                                                                   v.astype(np.float32)))
+            hist_steps = np.arange(0, steps, 4)  # as a job records them: from step 0, every histogram_every
+            counts = np.random.default_rng(2).random((len(hist_steps), len(LAYERS), BINS)).astype(np.float32)
+            store.append_histograms(s, job_id=job.id, block=HistBlock(hist_steps, LAYERS, counts))
         for e in range(epochs):
             store.put_epoch(s, job_id=job.id, metrics={"epoch": e, "train_loss": 1.0, "train_acc": 0.5,
                                                        "test_loss": 1.1, "test_acc": 0.4, "lr": 0.1})

@@ -129,3 +129,34 @@ def test_requeue_until_retry_limit(db: Database) -> None:
     with db.reading() as s:
         job = store.get_job(s, job_id=job_id)
     assert job.reason == "worker_lost" and "3 attempts" in job.message
+
+
+def test_histograms_round_trip_select_steps_and_truncate_on_resume(db: Database) -> None:
+    from deepgrad_core.histograms import BINS, HistBlock
+
+    job_id = make_job(db)
+    rng = np.random.default_rng(0)
+
+    def hist(steps: list[int]) -> HistBlock:
+        return HistBlock(np.array(steps, np.int64), ("a", "b"), rng.random((len(steps), 2, BINS)).astype(np.float32))
+
+    first, second = hist([0, 5, 10]), hist([15, 20])
+    with db.writing() as s:
+        store.append_histograms(s, job_id=job_id, block=first)
+        store.append_histograms(s, job_id=job_id, block=second)
+    with db.reading() as s:
+        assert store.histogram_steps(s, job_id=job_id).tolist() == [0, 5, 10, 15, 20]
+        whole = store.load_histograms(s, job_id=job_id)
+        assert whole.layers == ("a", "b") and np.array_equal(whole.counts[3:], second.counts)
+        picked = store.load_histograms(s, job_id=job_id, steps=[5, 20])
+        assert picked.steps.tolist() == [5, 20] and np.array_equal(picked.counts[0], first.counts[1])
+        assert store.load_histograms(s, job_id=job_id, steps=[7]) is None
+    with db.writing() as s:
+        store.truncate_from(s, job_id=job_id, step=10)  # a resumed run replays from step 10
+    with db.reading() as s:
+        assert store.histogram_steps(s, job_id=job_id).tolist() == [0, 5]
+        assert np.array_equal(store.load_histograms(s, job_id=job_id).counts, first.counts[:2])
+    with db.writing() as s:
+        store.delete_job(s, job_id=job_id)
+    with db.reading() as s:
+        assert store.load_histograms(s, job_id=job_id) is None

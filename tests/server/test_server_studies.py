@@ -86,7 +86,7 @@ def test_study_figures_wait_for_results(app_client: httpx.Client) -> None:
     for kind in ("accuracy", "ratio", "cost", "depth"):
         r = app_client.get(f"/studies/{study['id']}/plots/{kind}.png")
         assert r.status_code == 409 and "yet" in r.json()["detail"], (kind, r.text)
-    assert app_client.get(f"/studies/{study['id']}/plots/histogram.png").status_code == 422
+    assert app_client.get(f"/studies/{study['id']}/plots/bogus.png").status_code == 422
 
 
 def test_presets_are_listed_and_run_by_name(app_client: httpx.Client) -> None:

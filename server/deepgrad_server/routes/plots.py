@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from matplotlib.figure import Figure
 
 from deepgrad_core.plots import (
@@ -34,8 +35,9 @@ from deepgrad_server.schemas import StudyRow, errors
 
 router = APIRouter(tags=["plots"])
 
+STUDY_COMPARE_KINDS = ("depth", "metrics", "histogram")  # compare figures over a study's jobs
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
-NO_SERIES = ("metrics", "filters", "cost")
+NO_SERIES = ("metrics", "filters", "cost", "histogram")
 EPOCH_MEANS = ("depth", "ratio")  # figures of per-epoch means: streamed out of the store, whatever the length
 Layers = Annotated[str | None, Query(max_length=2000, description="comma-separated layer names (selected)")]
 Epochs = Annotated[str | None, Query(max_length=2000, pattern=r"^\s*[1-9]\d{0,5}(\s*,\s*[1-9]\d{0,5})*\s*$",
@@ -67,7 +69,8 @@ def _data(request: Request, db: Database, job: Job, kind: str, norm_kind: str, c
     """What the figure needs: only its norm kind (none for metrics, filters, cost), bounded in memory whatever
     the series' length (depth figures get per-epoch means)."""
     kinds = () if kind in NO_SERIES else ("weight", "activation") if kind == "ratio" and not compare else (norm_kind,)
-    return job_data(db, request.app.state.series_cache, job, kinds, depth=kind in EPOCH_MEANS)
+    ends = ("last" if compare else "ends") if kind == "histogram" else None
+    return job_data(db, request.app.state.series_cache, job, kinds, depth=kind in EPOCH_MEANS, histograms=ends)
 
 
 def _epochs(text: str | None) -> list[int] | None:
@@ -85,7 +88,8 @@ async def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: 
                    epochs: Epochs = None, smooth: Annotated[int, Query(ge=0, le=10_000)] = 0,
                    max_points: Annotated[int, Query(ge=10, le=100_000)] = 2000,
                    main_path: MainPath = False) -> Response:
-    """One job's figure: norms, selected, heatmap, depth, ratio, metrics, filters or cost."""
+    """One job's figure: norms, selected, heatmap, depth, ratio, metrics, filters, cost, or histogram (weight-gradient
+    distribution per layer at the first and the last recorded step; ``layers`` picks layers)."""
     job = await anyio.to_thread.run_sync(load_job, db, job_id)
     if job.state == "queued":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is queued: nothing to draw yet")
@@ -99,25 +103,28 @@ async def job_plot(job_id: JobId, kind: Literal[JOB_KINDS], db: DbDep, request: 
 @router.get("/compare/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
 async def compare_plot(kind: Literal[COMPARE_KINDS], db: DbDep, request: Request, ids: Ids,
                        norm_kind: Literal["weight", "activation"] = "weight", epochs: Epochs = None,
-                       main_path: MainPath = False) -> Response:
-    """Several jobs on one figure: metrics, depth (relative depth 0..1), ratio, filters or cost."""
+                       main_path: MainPath = False, layers: Layers = None) -> Response:
+    """Several jobs on one figure: metrics, depth (relative depth 0..1), ratio, filters, cost, or histogram (one
+    layer's weight-gradient distribution at each job's last recorded step; ``layers``: that layer)."""
     jobs = await anyio.to_thread.run_sync(lambda: [load_job(db, i) for i in parse_ids(ids)])
     queued = [j.id for j in jobs if j.state == "queued"]
     if queued:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job(s) {queued} are queued: nothing to draw yet")
-    key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs, main_path)
+    key = ("compare", tuple(j.id for j in jobs), kind, norm_kind, epochs, main_path, layers)
 
     return await _png(request, key, frozenset(j.id for j in jobs), all(j.state in TERMINAL for j in jobs),
                       lambda: render_compare(kind, [_data(request, db, j, kind, norm_kind, compare=True) for j in jobs],
-                                             norm_kind=norm_kind, epochs=_epochs(epochs), main_path=main_path))
+                                             norm_kind=norm_kind, epochs=_epochs(epochs), main_path=main_path,
+                                             layers=_names(layers)))
 
 
 @router.get("/studies/{study_id}/plots/{kind}.png", response_class=Response, responses=PLOT_ERRORS)
-async def study_plot(study_id: StudyId, kind: Literal[(*STUDY_KINDS, "depth", "metrics")], db: DbDep,
+async def study_plot(study_id: StudyId, kind: Literal[(*STUDY_KINDS, *STUDY_COMPARE_KINDS)], db: DbDep,
                      request: Request, norm_kind: Literal["weight", "activation"] = "weight",
                      main_path: MainPath = True) -> Response:
     """A study's figure: ``accuracy`` and ``ratio`` per job, ``cost`` (accuracy against parameters and FLOPs); and
-    over its jobs (at most 12), ``depth`` profiles overlaid and every job's ``metrics``."""
+    over its jobs (at most 12), ``depth`` profiles overlaid, every job's ``metrics``, and the ``histogram`` of each
+    job's first main-path layer at its last recorded step."""
     study, links = await anyio.to_thread.run_sync(_study_jobs, db, study_id)
     jobs = [job for _, job in links]
     ended = all(j.state in TERMINAL for j in jobs)
@@ -130,8 +137,9 @@ async def study_plot(study_id: StudyId, kind: Literal[(*STUDY_KINDS, "depth", "m
         return await _png(request, key, ids, ended,
                           lambda: render_study(kind, study.name, entries, num_classes=classes, fraction=fraction))
     if len(jobs) > MAX_COMPARE_JOBS:
-        raise invalid(f"a study of {len(jobs)} jobs is too many for one {kind} figure (at most {MAX_COMPARE_JOBS}); "
-                      f"draw some of them with GET /compare/plots/{kind}.png?ids=...", "path", "kind")
+        msg = (f"a study of {len(jobs)} jobs is too many for one {kind} figure (at most {MAX_COMPARE_JOBS}); draw "
+               f"some of them with GET /compare/plots/{kind}.png?ids=...")
+        raise RequestValidationError([{"type": "value_error", "loc": ("path", "kind"), "msg": msg, "input": kind}])
     started = [j for j in jobs if j.state != "queued"]
     if not started:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"every job of study {study_id} is queued: nothing to "

@@ -16,12 +16,13 @@ from deepgrad_server import store
 from deepgrad_server.deps import DbDep, JobId, invalid, load_job
 from deepgrad_server.jobdata import csv_text, downsampled, layer_info
 from deepgrad_server.models import TERMINAL, Job
-from deepgrad_server.schemas import SeriesPublic, errors
+from deepgrad_server.schemas import HistogramsPublic, SeriesPublic, errors
 
 router = APIRouter(tags=["gradients"])
 
 NormKind = Literal["weight", "activation", "global"]
 MAX_STEP = 2**62  # steps are int64; bounded so that no comparison overflows
+STEPS_PATTERN = r"^\s*\d{1,18}(\s*,\s*\d{1,18}){0,99}\s*$"
 
 
 def _missing(job: Job, kind: str) -> HTTPException:
@@ -95,3 +96,45 @@ def gradients_csv(job_id: JobId, db: DbDep, kind: NormKind = "weight") -> Stream
         raise _missing(job, kind)
     return StreamingResponse(csv_text(db, job_id, kind, known), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}-{kind}.csv"'})
+
+
+@router.get("/jobs/{job_id}/histograms", response_model=HistogramsPublic, responses=errors(404, 409))
+def job_histograms(job_id: JobId, db: DbDep,
+                   layers: Annotated[str | None, Query(max_length=2000, description="comma-separated layer names "
+                                                       "(default: all tracked)")] = None,
+                   steps: Annotated[str | None, Query(max_length=2000, pattern=STEPS_PATTERN,
+                                                      description="comma-separated steps, at most 100 (default: the "
+                                                                  "first and the last recorded)")] = None,
+                   ) -> HistogramsPublic:
+    """Weight-gradient histograms (log10 |g| in fixed bins, the same for every layer and job) of chosen layers at
+    chosen steps; steps with histograms are the multiples of ``tracking.histogram_every``."""
+    from deepgrad_core.histograms import EDGES
+
+    job = load_job(db, job_id)
+    with db.reading() as s:
+        recorded = store.histogram_steps(s, job_id=job_id)
+        if not len(recorded):
+            every = (job.spec.get("tracking") or {}).get("histogram_every")
+            raise _missing_histograms(job, every)
+        wanted = sorted({int(recorded[0]), int(recorded[-1])}) if steps is None else \
+            sorted({int(x) for x in steps.split(",")})
+        absent = [x for x in wanted if x not in set(recorded.tolist())]
+        if absent:
+            raise invalid(f"no histograms at step(s) {absent[:5]}; recorded: {len(recorded)} steps from "
+                          f"{int(recorded[0])} to {int(recorded[-1])}, e.g. {recorded[:3].tolist()}", "steps")
+        block = store.load_histograms(s, job_id=job_id, steps=wanted)
+    columns = parse_layers(layers, block.layers)
+    names = [block.layers[j] for j in columns]
+    return HistogramsPublic(job_id=job_id, edges_log10=EDGES.tolist(), recorded_steps=len(recorded),
+                            first_step=int(recorded[0]), last_step=int(recorded[-1]),
+                            steps=block.steps.tolist(), layers=layer_info(job, names),
+                            counts=block.counts[:, columns].tolist())
+
+
+def _missing_histograms(job: Job, every: int | None) -> HTTPException:
+    if every == 0:
+        return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job.id} records no histograms "
+                             "(tracking.histogram_every is 0)")
+    if job.state in TERMINAL:
+        return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job.id} recorded no histograms")
+    return HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job.id} is {job.state} and has no histograms yet")
