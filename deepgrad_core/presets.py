@@ -65,14 +65,15 @@ PRESETS: dict[str, Preset] = {
                 {**_SGD, "model.activation": "gelu"}, {**_SGD, "model.bottleneck": True}]),
     "depth": Preset(
         "depth",
-        "depth against trainability: VGG-16 and VGG-16 plus 2 and 4 convs (VGG-Deep) without batch norm, and "
-        "ResNet-18 with and without its skip connections (He et al. 2016: the plain net trains worse)",
+        "depth against trainability: VGG-11, -13, -16 and VGG-Deep (16 + 4 convs) without batch norm, then "
+        "plain and residual networks of 18 and 34 layers with batch norm (He et al. 2016: plain-34 trains worse "
+        "than plain-18, ResNet-34 better than ResNet-18)",
         {**_CIFAR, "model": {"arch": "vgg16", "batch_norm": False, "dropout": 0.0},
          "train": {**_STUDY_TRAIN, "optimizer": "sgd", "lr": 0.01}},
-        points=[{"model.arch": "vgg16", "model.extra_convs": 0}, {"model.arch": "vgg16", "model.extra_convs": 2},
+        points=[{"model.arch": "vgg11"}, {"model.arch": "vgg13"}, {"model.arch": "vgg16"},
                 {"model.arch": "vgg_deep"},
-                {"model.arch": "resnet18", "model.batch_norm": True, "model.residual": False},
-                {"model.arch": "resnet18", "model.batch_norm": True}]),
+                *({"model.arch": arch, "model.batch_norm": True, "model.residual": residual}
+                  for arch in ("resnet18", "resnet34") for residual in (False, True))]),
     "init": Preset(
         "init",
         "VGG-Deep under PyTorch's default, Kaiming (He et al. 2015) and Xavier (Glorot & Bengio 2010) init, "

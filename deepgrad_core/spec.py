@@ -5,13 +5,13 @@ client never installs torch. Everything here is plain pydantic.
 
 Family defaults (``None`` in a field means "the family's default"):
 
-=========  ==========  =======  ========  ==========  =========
-arch       batch_norm  dropout  residual  extra_convs optimizer
-=========  ==========  =======  ========  ==========  =========
-vgg16      True        0.5      False     0           sgd
-vgg_deep   False       0.0      False     4           sgd
-resnet18   True        0.0      True      (n/a)       sgd
-=========  ==========  =======  ========  ==========  =========
+=================  ==========  =======  ========  ==========  =========
+arch               batch_norm  dropout  residual  extra_convs optimizer
+=================  ==========  =======  ========  ==========  =========
+vgg11/vgg13/vgg16  True        0.5      False     0           sgd
+vgg_deep           False       0.0      False     4           sgd
+resnet18/resnet34  True        0.0      True      (n/a)       sgd
+=================  ==========  =======  ========  ==========  =========
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 # Each set of allowed values is written once, as the field's type; the tuples are read from it.
-Arch = Literal["vgg16", "vgg_deep", "resnet18"]
+Arch = Literal["vgg11", "vgg13", "vgg16", "vgg_deep", "resnet18", "resnet34"]
 KernelSize = Literal[3, 5, 7]
 Pooling = Literal["max", "avg"]
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]
@@ -51,10 +51,15 @@ DEFAULT_IMAGE_SIDE = 32
 VGG_MIN_IMAGE_SIDE = 32
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vgg11": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
+    "vgg13": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
     "vgg16": {"batch_norm": True, "dropout": 0.5, "residual": False, "extra_convs": 0},
     "vgg_deep": {"batch_norm": False, "dropout": 0.0, "residual": False, "extra_convs": 4},
     "resnet18": {"batch_norm": True, "dropout": 0.0, "residual": True, "extra_convs": 0},
+    "resnet34": {"batch_norm": True, "dropout": 0.0, "residual": True, "extra_convs": 0},
 }
+# BasicBlocks per stage of each ResNet (He et al. 2016); every other arch is a VGG.
+RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
 def _is_number(annotation: Any) -> bool:
@@ -84,8 +89,9 @@ class ModelSpec(_Spec):
     """Architecture and its options; ``None`` in a field means the family's default, filled in at validation."""
 
     arch: Arch = Field(
-        description="vgg16: VGG-16 with batch norm and dropout; vgg_deep: VGG-16 plus four convs, no batch norm, "
-                    "no dropout (gradients vanish); resnet18: ResNet-18 for 32x32 images")
+        description="vgg16: VGG-16 with batch norm and dropout (vgg11, vgg13: its shallower siblings); vgg_deep: "
+                    "VGG-16 plus four convs, no batch norm, no dropout (gradients vanish); resnet18, resnet34: "
+                    "ResNets for 32x32 images")
     kernel_size: KernelSize = Field(default=3, description="side of every main-path conv kernel")
     pooling: Pooling = Field(default="max", description="VGG's down-sampling between blocks")
     activation: Activation = Field(
@@ -117,13 +123,14 @@ class ModelSpec(_Spec):
 
     @model_validator(mode="after")
     def _family_rules(self) -> ModelSpec:
-        if self.arch == "resnet18" and self.extra_convs not in (None, 0):
-            raise ValueError("extra_convs applies to the VGG family only (arch 'vgg16' or 'vgg_deep'); "
-                             "resnet18's depth is fixed at [2, 2, 2, 2] blocks")
-        if self.arch == "resnet18" and self.dropout not in (None, 0.0):
-            raise ValueError("dropout applies to the VGG classifier only; resnet18 has no dropout layer")
-        if self.arch == "resnet18" and self.pooling != "max":
-            raise ValueError("pooling applies to the VGG family only; resnet18 (CIFAR variant) has no "
+        blocks = RESNET_BLOCKS.get(self.arch)
+        if blocks and self.extra_convs not in (None, 0):
+            raise ValueError(f"extra_convs applies to the VGG family only (arch 'vgg11', 'vgg13', 'vgg16' or "
+                             f"'vgg_deep'); {self.arch}'s depth is fixed at {list(blocks)} blocks")
+        if blocks and self.dropout not in (None, 0.0):
+            raise ValueError(f"dropout applies to the VGG classifier only; {self.arch} has no dropout layer")
+        if blocks and self.pooling != "max":
+            raise ValueError(f"pooling applies to the VGG family only; {self.arch} (CIFAR variant) has no "
                              "pooling layer but the final global average")
         return self
 
@@ -231,10 +238,10 @@ class ExperimentSpec(_Spec):
         if data.image_size is not None and data.name != "synthetic":
             raise ValueError("data.image_size applies to the 'synthetic' data set only")
         side = data.image_size or DEFAULT_IMAGE_SIDE
-        if model.arch != "resnet18" and side < VGG_MIN_IMAGE_SIDE:
+        if model.arch not in RESNET_BLOCKS and side < VGG_MIN_IMAGE_SIDE:
             raise ValueError(f"data.image_size is {side} but {model.arch} pools five times and needs images of "
                              f"at least {VGG_MIN_IMAGE_SIDE}x{VGG_MIN_IMAGE_SIDE}; use data.image_size >= "
-                             f"{VGG_MIN_IMAGE_SIDE} or arch 'resnet18'")
+                             f"{VGG_MIN_IMAGE_SIDE} or a ResNet (arch 'resnet18' or 'resnet34')")
         return self
 
     @property

@@ -1,6 +1,6 @@
-"""ResNet-18 for CIFAR-size inputs, written from scratch (torchvision's structure).
+"""ResNet-18 and ResNet-34 for CIFAR-size inputs, written from scratch (torchvision's structure).
 
-3x3 stem without max-pool, BasicBlocks [2, 2, 2, 2]; identity shortcuts, 1x1 projection
+3x3 stem without max-pool, BasicBlocks [2, 2, 2, 2] (ResNet-34: [3, 4, 6, 3]); identity shortcuts, 1x1 projection
 where the shape changes. ``residual=False`` drops every shortcut: the "plain" network
 of He et al. (2016).
 """
@@ -85,3 +85,7 @@ def _resnet(layers: list[int], **opts) -> ResNet:
 
 def resnet18(**opts) -> ResNet:
     return _resnet([2, 2, 2, 2], **opts)
+
+
+def resnet34(**opts) -> ResNet:
+    return _resnet([3, 4, 6, 3], **opts)

@@ -6,9 +6,16 @@ from torch import Tensor, nn
 
 from deepgrad_core.models.layers import ConvUnit, make_activation, make_pool, scaled, tag
 
-# Five blocks of convs separated by pooling ("M").
+# Five blocks of convs separated by pooling ("M"): configurations A (VGG-11), B (VGG-13) and D (VGG-16) of
+# Simonyan & Zisserman (2015). VGG-Deep is VGG-16 with extra convs (``deepen``).
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                               512, 512, 512, "M", 512, 512, 512, "M"]
+VGG_CFGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": VGG16_CFG,
+    "vgg_deep": VGG16_CFG,
+}
 
 
 def deepen(cfg: list[int | str], extra_convs: int) -> list[int | str]:
@@ -67,6 +74,6 @@ def _vgg(cfg: list[int | str], *, kernel_size: int, pooling: str, activation: st
                dropout=dropout, activation=activation)
 
 
-def vgg(*, extra_convs: int = 0, **opts) -> VGG:
-    """VGG-16 (``extra_convs=0``) or a deeper VGG; see ``ModelSpec`` for the options."""
-    return _vgg(deepen(VGG16_CFG, extra_convs), **opts)
+def vgg(*, arch: str = "vgg16", extra_convs: int = 0, **opts) -> VGG:
+    """VGG-11, -13 or -16 (``arch``), deepened by ``extra_convs``; see ``ModelSpec`` for the options."""
+    return _vgg(deepen(VGG_CFGS[arch], extra_convs), **opts)

@@ -187,3 +187,15 @@ def test_spec_module_imports_without_torch():
             "assert ExperimentSpec.from_json(s.to_json()) == s\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("arch", "main_path", "params"), [
+    ("vgg11", 8, 9_756_426), ("vgg13", 10, 9_941_322), ("vgg16", 13, 15_253_578), ("vgg_deep", 17, 20_702_410),
+    ("resnet18", 17, 11_173_962), ("resnet34", 33, 21_282_122)])
+def test_the_depth_family_has_its_papers_depths(arch: str, main_path: int, params: int) -> None:
+    """VGG-11/13/16 (Simonyan & Zisserman's A, B, D) and VGG-Deep; ResNet-18/34 (He et al.) at CIFAR size."""
+    model = build_model({"arch": arch})
+    layers = tracked_layers(model)
+    assert len([la for la in layers if la.role in ("stem", "main")]) == main_path
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

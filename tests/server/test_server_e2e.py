@@ -182,7 +182,7 @@ def test_events_of_a_finished_job(client: httpx.Client, ids: dict[str, str]) -> 
 
 def test_models_and_health(finished: tuple[LiveServer, dict], client: httpx.Client) -> None:
     models = client.get("/models").json()
-    assert models["archs"] == ["vgg16", "vgg_deep", "resnet18"]
+    assert models["archs"] == ["vgg11", "vgg13", "vgg16", "vgg_deep", "resnet18", "resnet34"]
     assert models["options"]["kernel_size"]["allowed"] == [3, 5, 7]
     assert models["family_defaults"]["vgg_deep"]["extra_convs"] == 4
     health = httpx.get(finished[0].url + "/health").json()  # no token needed

@@ -140,6 +140,8 @@ def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path
         server.stop()
     rows = {row["label"]: row for row in summary["rows"]}
     assert rows["arch=vgg_deep"]["vanishing"] is True and rows["arch=vgg_deep"]["first_last_ratio"] < 1e-3
-    assert rows["arch=resnet18, batch_norm=true"]["vanishing"] is False
+    assert rows["arch=resnet18, batch_norm=true, residual=true"]["vanishing"] is False
+    assert rows["arch=resnet34, batch_norm=true, residual=true"]["vanishing"] is False
+    assert rows["arch=vgg11"]["params"] < rows["arch=vgg13"]["params"] < rows["arch=vgg16"]["params"]
     for row in rows.values():
         assert row["params"] > 0 and row["flops_per_image"] > 0 and row["seconds"] > 0 and row["test_acc"] is not None
