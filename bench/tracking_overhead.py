@@ -6,7 +6,10 @@ machine (clock, other processes) hit all three alike:
 * ``none``: forward, backward, SGD step, no tracker;
 * ``fused``: the default ``GradientTracker`` (mode "fused", activation_every=10, flush_every=50);
 * ``full_backward_hook``: the original study's method (a full backward hook and ``.item()`` per
-  layer per step).
+  layer per step);
+* ``hist1``: ``fused`` plus a weight-gradient histogram of every layer at EVERY step. The default records
+  one every ``tracking.histogram_every`` = 100 steps, so its cost is (cost of ``hist1`` over ``fused``) / 100:
+  the report prints that estimate (a round of 100+ steps per configuration would be too slow on a CPU).
 
 Each round runs ``--steps`` steps of every configuration in turn (the order rotates by one each
 round); the first ``--warmup-rounds`` rounds are discarded; the reported figure per configuration is
@@ -51,7 +54,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "none": None,
     "fused": {"mode": "fused", "activation_every": 10, "flush_every": 50},
     "full_backward_hook": {"mode": "full_backward_hook"},
+    "hist1": {"mode": "fused", "activation_every": 10, "flush_every": 50, "histogram_every": 1},
 }
+HISTOGRAM_EVERY = 100  # tracking.histogram_every's default
 # SGD as the training loop's default TrainSpec runs it (lr is irrelevant to speed, kept small).
 SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 # Device-dependent defaults: a full-width model on a GPU, a small one on a few CPU cores.
@@ -61,7 +66,7 @@ DEFAULTS = {"cuda": {"width": 1.0, "batch_size": 128, "steps": 50, "rounds": 8},
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=["vgg16", "vgg_deep", "resnet18"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0 CUDA, 0.25 CPU)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128 on CUDA, 32 on CPU")
@@ -209,7 +214,10 @@ def print_header(head: dict[str, Any]) -> None:
     print(f"# width {s['width']}  batch {s['batch_size']}  {s['steps_per_round']} steps/round  "
           f"{s['rounds']} rounds (+{s['warmup_rounds']} warm-up)  {s['precision']}  "
           f"SGD(lr={SGD['lr']}, momentum={SGD['momentum']}, weight_decay={SGD['weight_decay']})")
-    print("# b = fused (activation_every=10, flush_every=50), c = full_backward_hook (original method)")
+    print("# b = fused (activation_every=10, flush_every=50), c = full_backward_hook (original method), "
+          "d = fused + histograms at every step")
+    print(f"# hist@{HISTOGRAM_EVERY}: the default histograms' extra time per step over fused, (b/d - 1) / "
+          f"{HISTOGRAM_EVERY}")
     print("# images/s: median over rounds; ratio: of the medians; best: of the fastest rounds; "
           "[min-max]: per-round ratio to 'none' in the same round")
 
@@ -217,21 +225,30 @@ def print_header(head: dict[str, Any]) -> None:
 def print_row(arch: str, summary: dict[str, Any]) -> None:
     ips, spread = summary["images_per_s"], summary["round_ratio_range"]
     cells = [f"{arch:<9}"] + [f"{ips[n]:>9.1f}" for n in CONFIGS]
-    for name in ("fused", "full_backward_hook"):
+    for name in ("fused", "full_backward_hook", "hist1"):
         lo, hi = spread[name]
         cells.append(f"{summary['ratio'][name]:>5.3f} {summary['best_ratio'][name]:>5.3f} [{lo:.2f}-{hi:.2f}]")
+    cells.append(f"{100 * summary['histogram_overhead']:>6.2f}%")
     print("  ".join(cells), flush=True)
+
+
+def histogram_overhead(summary: dict[str, Any]) -> float:
+    """Extra time per step of the default histograms (every HISTOGRAM_EVERY steps) over ``fused``, as a fraction."""
+    ips = summary["images_per_s"]
+    return (ips["fused"] / ips["hist1"] - 1) / HISTOGRAM_EVERY
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     head = header(args)
     print_header(head)
-    print(f"{'arch':<9}  {'a: none':>9}  {'b: fused':>9}  {'c: fbh':>9}  {'b/a  best':<22}  {'c/a  best':<22}")
+    print(f"{'arch':<9}  {'a: none':>9}  {'b: fused':>9}  {'c: fbh':>9}  {'d: hist1':>9}  {'b/a  best':<22}  "
+          f"{'c/a  best':<22}  {'d/a  best':<22}  hist@{HISTOGRAM_EVERY}")
     batches = make_batches(args.batch_size, args.device)
     results = {}
     for arch in args.archs:
         results[arch] = summarize(bench_arch(arch, args, batches))
+        results[arch]["histogram_overhead"] = histogram_overhead(results[arch])
         print_row(arch, results[arch])
     head["load_average_at_end"] = _load_average()
     print(f"# load average at end: {head['load_average_at_end']}")

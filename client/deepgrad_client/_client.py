@@ -192,6 +192,13 @@ class Client:
         params = _params(kind=kind, layers=layers, max_points=max_points, start=start, end=end)
         return Gradients.from_json(self._send("GET", _job_path(job_id, "gradients"), params=params).json())
 
+    def histograms(self, job_id: str, *, layers: Sequence[str] | None = None,
+                   steps: Sequence[int] | None = None) -> dict[str, Any]:
+        """Weight-gradient histograms (log10 |g| in fixed bins ``edges_log10``) of ``layers`` at ``steps``
+        (default: every layer, the first and last recorded step): ``counts[step][layer][bin]``."""
+        params = _params(layers=layers, steps=",".join(str(int(s)) for s in steps) if steps is not None else None)
+        return self._send("GET", _job_path(job_id, "histograms"), params=params).json()
+
     def gradients_csv(self, job_id: str, kind: str = "weight") -> str:
         """The full series as CSV text: ``step,<layer>,...``, one row per step."""
         return self._send("GET", _job_path(job_id, "gradients.csv"), params={"kind": kind}).text

@@ -24,8 +24,8 @@ from ._exceptions import DeepGradError, InputError, WaitTimeout
 from ._spec import apply_overrides, load_spec
 from ._watch import watch as watch_job
 
-PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost")
-COMPARE_PLOT_KINDS = ("metrics", "depth", "ratio", "filters", "cost")
+PLOT_KINDS = ("norms", "selected", "heatmap", "depth", "ratio", "metrics", "filters", "cost", "histogram")
+COMPARE_PLOT_KINDS = ("metrics", "depth", "ratio", "filters", "cost", "histogram")
 GRADIENT_KINDS = ("weight", "activation", "global")
 CANCEL_WAIT_S = 15.0  # how long `cancel` waits to report how a running job ended
 
@@ -309,7 +309,8 @@ def compare(state: _State, job_ids: tuple[str, ...], plot_path: Path | None, plo
 @pass_state
 def plot(state: _State, job_id: str, kind: str, output: Path, norm_kind: str | None, layers: str | None,
          epochs: str | None, smooth: int | None, max_points: int | None, main_path: bool | None) -> None:
-    """Save one of a job's figures as PNG: norms, selected, heatmap, depth, ratio, metrics, filters, cost."""
+    """Save one of a job's figures as PNG: norms, selected, heatmap, depth, ratio, metrics, filters, cost,
+    histogram (weight-gradient distributions)."""
     state.client.save_plot(job_id, kind, output, norm_kind=norm_kind, layers=layers, epochs=epochs,
                            smooth=smooth, max_points=max_points, main_path=main_path)
     click.echo(f"wrote {output}")
@@ -332,7 +333,7 @@ def export(state: _State, job_id: str, csv_path: Path, kind: str) -> None:
 
 # -- studies --------------------------------------------------------------------------------------------------
 
-STUDY_PLOT_KINDS = ("accuracy", "ratio", "cost", "depth", "metrics")
+STUDY_PLOT_KINDS = ("accuracy", "ratio", "cost", "depth", "metrics", "histogram")
 
 
 @cli.group()

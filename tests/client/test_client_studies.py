@@ -68,3 +68,15 @@ def test_bad_studies_say_which_key(idle: Live, tmp_path: Path) -> None:
     assert "empty list" in assert_clean_error(run(idle, "study", "run", str(path)))
     path.write_text(yaml.safe_dump({"base": TINY, "grids": {"model.kernel_size": [3]}}))
     assert "unknown key(s) ['grids']" in assert_clean_error(run(idle, "study", "run", str(path)), code=2)
+
+
+def test_histograms_and_their_figures(server: Live, finished, tmp_path: Path) -> None:
+    with server.client() as client:
+        body = client.histograms(finished.residual["id"], layers=["conv1", "conv17"], steps=[0])
+    assert body["steps"] == [0] and [la["name"] for la in body["layers"]] == ["conv1", "conv17"]
+    assert len(body["counts"][0][0]) == len(body["edges_log10"]) - 1
+    out = tmp_path / "h.png"
+    result = run(server, "plot", finished.residual["id"], "histogram", "-o", str(out))
+    assert result.exit_code == 0 and out.read_bytes().startswith(b"\x89PNG"), result.output
+    result = run(server, "compare", *finished.ids, "--plot", str(out), "--plot-kind", "histogram")
+    assert result.exit_code == 0 and out.read_bytes().startswith(b"\x89PNG"), result.output
