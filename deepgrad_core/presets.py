@@ -42,8 +42,9 @@ _SGD = {"train.optimizer": "sgd", "train.lr": 0.05}
 _ADAM = {"train.optimizer": "adam", "train.lr": 1e-3, "train.weight_decay": 0.0}
 _ADAMW = {"train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 5e-4}
 
-_SINGLE_FACTOR = {  # one factor of the original study at a time, in VGG-16 (its ablation network)
-    "kernel_size": ("kernel size 3, 5 and 7 in every main-path conv", {"model.kernel_size": [3, 5, 7]}),
+_SINGLE_FACTOR = {  # one factor of the original study at a time, in VGG-16 (kernel sizes: the shallow VGG-11)
+    "kernel_size": ("kernel size 3, 5 and 7 in every main-path conv of the shallow VGG-11",
+                    {"model.arch": ["vgg11"], "model.kernel_size": [3, 5, 7]}),
     "pooling": ("max against average pooling between VGG blocks", {"model.pooling": ["max", "avg"]}),
     "activation": ("ReLU, Leaky ReLU, ELU and GELU", {"model.activation": ["relu", "leaky_relu", "elu", "gelu"]}),
     "bottleneck": ("1x1 bottleneck convs before each 3x3 conv, or none", {"model.bottleneck": [False, True]}),
@@ -53,13 +54,14 @@ PRESETS: dict[str, Preset] = {
     "original": Preset(
         "original",
         "the original study's suite: VGG-16 with Adam, VGG-Deep with SGD, ResNet-18 with AdamW (its results "
-        "table), VGG-16 and ResNet-18 again with SGD (the common-optimizer control), then in VGG-16 kernel "
-        "sizes 5 and 7, average pooling, Leaky ReLU / ELU / GELU and 1x1 bottlenecks; cost from every job",
+        "table), VGG-16 and ResNet-18 again with SGD (the common-optimizer control), kernel sizes 3, 5 and 7 in "
+        "the shallow VGG-11 (as the study used a shallow net for them), then in VGG-16 average pooling, Leaky "
+        "ReLU / ELU / GELU and 1x1 bottlenecks; cost from every job",
         {**_CIFAR, "model": {"arch": "vgg16"}, "train": _STUDY_TRAIN},
         points=[{"model.arch": "vgg16", **_ADAM}, {"model.arch": "vgg_deep", **_SGD},
                 {"model.arch": "resnet18", **_ADAMW},
                 {"model.arch": "vgg16", **_SGD}, {"model.arch": "resnet18", **_SGD},
-                {**_SGD, "model.kernel_size": 5}, {**_SGD, "model.kernel_size": 7},
+                *({**_SGD, "model.arch": "vgg11", "model.kernel_size": k} for k in (3, 5, 7)),
                 {**_SGD, "model.pooling": "avg"},
                 {**_SGD, "model.activation": "leaky_relu"}, {**_SGD, "model.activation": "elu"},
                 {**_SGD, "model.activation": "gelu"}, {**_SGD, "model.bottleneck": True}]),

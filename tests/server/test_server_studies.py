@@ -124,7 +124,7 @@ def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path
     try:
         with server.client() as client:
             r = client.post("/studies", json={
-                "preset": "depth", "set": {"model.width": 0.125, "data.subset": 20, "data.test_subset": 5,
+                "preset": "depth", "set": {"model.width": 0.125, "data.subset": 10, "data.test_subset": 5,
                                            "train.epochs": 1, "train.batch_size": 50}})
             assert r.status_code == 201, r.text
             study = r.json()
