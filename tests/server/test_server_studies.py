@@ -118,7 +118,8 @@ def test_the_whole_study_must_fit_in_the_queue(tmp_path: Path) -> None:
         assert _nothing_created(client)
 
 
-def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path, cifar10_root: Path) -> None:
+def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path, cifar10_root: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     """The acceptance run: the ``depth`` preset, tiny, on real CIFAR-10 images through a real server."""
     server = LiveServer(tmp_path / "srv", cifar10_root, env={"DEEPGRAD_DEVICE": "cpu,cpu"}).start()  # 2 at once
     try:
@@ -139,6 +140,10 @@ def test_a_depth_study_on_cifar10_flags_vgg_deep_and_not_resnet18(tmp_path: Path
     finally:
         server.stop()
     rows = {row["label"]: row for row in summary["rows"]}
+    with capsys.disabled():  # the table docs/studies.md quotes
+        print("\ndepth preset, small (width 0.125, 100 CIFAR-10 images, 1 epoch): first/last ratio, verdict")
+        for label, row in rows.items():
+            print(f"  {label:50s} {row['first_last_ratio']:.1e}  {row['ratio_kind']}  vanishing={row['vanishing']}")
     assert rows["arch=vgg_deep"]["vanishing"] is True and rows["arch=vgg_deep"]["first_last_ratio"] < 1e-3
     assert rows["arch=resnet18, batch_norm=true, residual=true"]["vanishing"] is False
     assert rows["arch=resnet34, batch_norm=true, residual=true"]["vanishing"] is False
