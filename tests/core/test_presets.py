@@ -4,11 +4,9 @@ shows what the classic fixes do (the numbers it measured are in docs/studies.md)
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from deepgrad_core.experiment import prepare
 from deepgrad_core.presets import PRESETS
@@ -17,12 +15,7 @@ from deepgrad_core.study import set_path
 SMALL = {"model.width": 0.125, "data.subset": 20, "data.test_subset": 5, "train.epochs": 1, "train.batch_size": 50}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 def _small(name: str) -> dict:

@@ -198,16 +198,8 @@ def _forbid_host_sync(allowed: list[bool]):
             setattr(torch.Tensor, name, fn)
 
 
-def test_no_host_sync_inside_steps_only_at_flushes():
-    torch.manual_seed(0)
-    model = build_model({"arch": "resnet18", "width": 0.125})
-    allowed = [False]
-    flushes = []
-
-    def on_flush(block):
-        flushes.append(block.kind)
-
-    tracker = GradientTracker(model, activation_every=2, flush_every=5, on_flush=on_flush).attach()
+def _allow_sync_in_flush(tracker: GradientTracker, allowed: list[bool]) -> None:
+    """Wrap ``tracker.flush`` so that host syncs are allowed while it runs (and only then)."""
     original_flush = tracker.flush
 
     def flush():
@@ -218,6 +210,19 @@ def test_no_host_sync_inside_steps_only_at_flushes():
             allowed[0] = False
 
     tracker.flush = flush
+
+
+def test_no_host_sync_inside_steps_only_at_flushes():
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "width": 0.125})
+    allowed = [False]
+    flushes = []
+
+    def on_flush(block):
+        flushes.append(block.kind)
+
+    tracker = GradientTracker(model, activation_every=2, flush_every=5, on_flush=on_flush).attach()
+    _allow_sync_in_flush(tracker, allowed)
     with _forbid_host_sync(allowed) as calls:
         _run(model, tracker, 12)
     tracker.detach()
@@ -422,16 +427,7 @@ def test_no_host_sync_inside_steps_with_histograms():
     model = build_model({"arch": "resnet18", "width": 0.125})
     allowed, got = [False], []
     tracker = GradientTracker(model, flush_every=5, histogram_every=2, on_histograms=got.append).attach()
-    original_flush = tracker.flush
-
-    def flush():
-        allowed[0] = True
-        try:
-            return original_flush()
-        finally:
-            allowed[0] = False
-
-    tracker.flush = flush
+    _allow_sync_in_flush(tracker, allowed)
     with _forbid_host_sync(allowed) as calls:
         _run(model, tracker, 10)
     tracker.detach()
