@@ -37,7 +37,10 @@ class LiveServer:
         self.data_dir, self.data_root, self.wrap = data_dir, data_root, wrap
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DEEPGRAD_TOKEN": TOKEN, "DEEPGRAD_LEASE_SECONDS": "10",
+        # OMP_NUM_THREADS=1 (unless set outside): the tiny models here train about as fast on one CPU thread,
+        # while PyTorch's default of one thread per core slows ~10x whenever anything else wants a core (the
+        # test's own process, a second server, a neighbour on a shared machine).
+        self.env = {"OMP_NUM_THREADS": "1", **os.environ, "DEEPGRAD_TOKEN": TOKEN, "DEEPGRAD_LEASE_SECONDS": "10",
                     "DEEPGRAD_HEARTBEAT_SECONDS": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"  # beside the data dir: a full disk must not eat it

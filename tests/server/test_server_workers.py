@@ -13,7 +13,9 @@ from deepgrad_server.settings import Settings
 
 def test_two_devices_run_two_jobs_at_once(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "srv", None, env={"DEEPGRAD_DEVICE": "cpu,cpu"}).start()
-    spec = {**TINY, "data": {**TINY["data"], "subset": 200}, "train": {"epochs": 3, "batch_size": 16}}
+    # Both are claimed within the workers' 0.5 s poll, and a job's process takes seconds before it can end (it
+    # imports torch), so small jobs overlap; 25 steps an epoch keep them training side by side a little too.
+    spec = {**TINY, "data": {**TINY["data"], "subset": 40}, "train": {"epochs": 2, "batch_size": 16}}
     try:
         with server.client() as client:
             ids = [client.post("/jobs", json=spec).json()["id"] for _ in range(2)]
