@@ -43,8 +43,9 @@ def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
     """Limits raised so that a job can ask for more memory than the machine has (the memory estimate that would
     refuse it at submit is lifted too: the job must reach the allocator).
 
-    Shared by every test here that needs just a server (one start instead of one each): each leaves no job
-    running, and reads only its own part of the log (``log_since``)."""
+    Shared by every test here (one start, and one torch warm-up, instead of one each): each leaves no job
+    queued or running, puts back what it changes (the restart test leaves it running as it found it, the
+    deleted-data test removes its data set) and reads only its own part of the log (``log_since``)."""
     server = LiveServer(tmp_path_factory.mktemp("roomy"), None,
                         env={"DEEPGRAD_MAX_WIDTH": "4", "DEEPGRAD_MAX_BATCH_SIZE": "8192",
                              "DEEPGRAD_MAX_JOB_MEMORY_GIB": "100000"}).start()
@@ -90,9 +91,9 @@ def test_killed_job_process_resumes_from_checkpoint(roomy_server: LiveServer) ->
     assert "killed by SIGKILL" in log and "resumed from" in log
 
 
-def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
+def test_restart_keeps_queue_in_order(roomy_server: LiveServer) -> None:
     """A restart (graceful, then kill -9) loses no queued job and keeps their order; the running one resumes first."""
-    server = LiveServer(tmp_path / "srv", None).start()
+    server, as_found = roomy_server, True  # as_found: running with its worker, as the other tests use it
     try:
         with server.client() as client:
             # Stopped as soon as it is seen running (its process takes seconds to import torch): a tiny job is
@@ -101,6 +102,7 @@ def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
             queued = [client.post("/jobs", json={**tiny(), "name": f"q{i}"}).json()["id"] for i in range(2)]
             wait_for(client, first, until=lambda j: j["state"] == "running")
         server.stop()  # SIGTERM: the running job goes back to the queue, uncounted
+        as_found = False
         server.start(DEEPGRAD_WORKER="false")
         with server.client() as client:
             listed = client.get("/jobs", params={"state": "queued"}).json()
@@ -108,13 +110,16 @@ def test_restart_keeps_queue_in_order(tmp_path: Path) -> None:
             assert client.get(f"/jobs/{first}").json()["attempts"] == 0
         server.stop(signal.SIGKILL)  # and a hard stop loses nothing either
         server.start()
+        as_found = True
         with server.client() as client:
             jobs = [wait_for(client, j) for j in (first, *queued)]
         assert [j["state"] for j in jobs] == ["succeeded"] * 3
         starts = [j["started_at"] for j in jobs]
         assert starts == sorted(starts)  # oldest first
     finally:
-        server.stop()
+        if not as_found or server.proc is None or server.proc.poll() is not None:
+            server.stop()
+            server.start()
 
 
 def test_out_of_memory_fails_clearly_and_next_job_runs(roomy_server: LiveServer) -> None:
@@ -182,11 +187,10 @@ def test_running_job_cannot_be_deleted(roomy_server: LiveServer) -> None:
         assert client.delete(f"/jobs/{job_id}").status_code == 204
 
 
-def test_data_set_deleted_mid_queue(tmp_path: Path, cifar10_root: Path) -> None:
+def test_data_set_deleted_mid_queue(roomy_server: LiveServer, cifar10_root: Path) -> None:
     """A data set deleted while its job waits in the queue: the job fails ``data_missing``, the next one runs."""
-    root = tmp_path / "data"
+    server, root = roomy_server, roomy_server.data_dir / "data"  # the server's data root (the default)
     shutil.copytree(cifar10_root / "cifar10", root / "cifar10")
-    server = LiveServer(tmp_path / "srv", root).start()
     try:
         with server.client() as client:
             # Holds the queue while the data set goes: deleted as soon as it is seen running, and a job's process
@@ -205,7 +209,7 @@ def test_data_set_deleted_mid_queue(tmp_path: Path, cifar10_root: Path) -> None:
             assert wait_for(client, first)["state"] == "succeeded"
             assert wait_for(client, last)["state"] == "succeeded"
     finally:
-        server.stop()
+        shutil.rmtree(root / "cifar10", ignore_errors=True)  # the shared server's other tests have no cifar10
 
 
 def test_delete_right_after_a_job_ends_keeps_the_worker_going(roomy_server: LiveServer) -> None:
