@@ -9,8 +9,13 @@ executor (a cluster's) implements the same few methods and the worker, routes an
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,7 +68,7 @@ class LocalExecutor:
 
     def start(self, launch: Launch) -> LocalExecution:
         oom_before = hostmem.oom_kills()
-        proc = self._ctx.Process(target=runner.main, name=f"deepgrad-job-{launch.job_id}", args=(launch,))
+        proc = self._ctx.Process(target=child_main, name=f"deepgrad-job-{launch.job_id}", args=(launch,))
         proc.start()
         return LocalExecution(proc, oom_before)
 
@@ -92,6 +97,44 @@ class LocalExecution:
         code = self.proc.exitcode
         return Outcome(exitcode=code, reason=runner.EXIT_REASONS.get(code) if code is not None else None,
                        oom_killed=code == -signal.SIGKILL and hostmem.oom_killed_since(self._oom_before))
+
+
+def child_main(launch: Launch) -> None:
+    """Entry point of the local child process (``multiprocessing`` target): dies with the server, goes first
+    to the OOM killer, stops at the next step on SIGTERM (cancel); exits with ``runner.run``'s code."""
+    _die_with_parent()
+    _first_to_go()
+    if launch.threads is not None:
+        import torch
+
+        torch.set_num_threads(launch.threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {launch.job_id} %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    code = runner.run(launch, should_stop=stop.is_set)
+    if code:
+        sys.exit(code)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the server dies, so no orphan keeps writing."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _first_to_go() -> None:
+    """Offer this process to the kernel's OOM killer before the server: out of memory, the job dies (and is
+    reported ``out_of_memory`` by its worker), not the API serving everything else."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass
 
 
 def _signal_name(num: int) -> str:

@@ -1,19 +1,13 @@
-"""The child process that runs one job: builds the model, trains it and streams everything into the store.
-
-The worker starts it with ``multiprocessing``'s spawn context, so an out-of-memory error, a crash or a
-hung CUDA context cannot take the server down; it dies with the server (``PR_SET_PDEATHSIG``) and stops
-at the next step on SIGTERM (cancel). Its exit code tells the worker why it ended when it could not
-write that itself (``EXIT_REASONS``); killed by a signal, it wrote nothing and the job is requeued.
+"""One job run and recorded: ``run(launch)`` prepares the experiment (``deepgrad_core.experiment``) and runs it into
+the store through ``DatabaseSink``. Whatever executes jobs calls ``run`` (``executors.LocalExecutor`` in a child
+process of the server; a cluster's executor on another host): its return value, as the process's exit code, tells
+the worker why a job ended when the job could not write that itself (``EXIT_REASONS``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,22 +47,6 @@ class Launch:
     cache_dir: str | None = None
 
 
-def main(launch: Launch) -> None:
-    """Entry point of the local child process (``multiprocessing`` target); exits with ``run``'s code."""
-    _die_with_parent()
-    _first_to_go()
-    if launch.threads is not None:
-        import torch
-
-        torch.set_num_threads(launch.threads)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s job {launch.job_id} %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    code = run(launch, should_stop=stop.is_set)
-    if code:
-        sys.exit(code)
-
-
 def run(launch: Launch, *, should_stop: Callable[[], bool]) -> int:
     """Run the job and record how it ended. Returns 0, or the exit code of a failure (``EXIT_REASONS``), which
     says why even when recording it failed too (a full disk)."""
@@ -89,27 +67,6 @@ def run(launch: Launch, *, should_stop: Callable[[], bool]) -> int:
         return _EXIT_CODES[failure.reason]
     finally:
         db.dispose()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the server dies, so no orphan keeps writing."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _first_to_go() -> None:
-    """Offer this process to the kernel's OOM killer before the server: out of memory, the job dies (and is
-    reported ``out_of_memory`` by its worker), not the API serving everything else."""
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("500")
-    except OSError:
-        pass
 
 
 def execute(db: Database, job_id: str, *, data_root: Path, job_dir: Path, device: str | None,
