@@ -235,10 +235,10 @@ def test_events_of_a_queued_job_then_its_cancellation(idle: Live) -> None:
     assert ("state", "cancelled") in [(e.event, e.data.get("state")) for e in rest]
 
 
-def test_models_lists_the_three_archs(idle: Live) -> None:
+def test_models_lists_the_archs(idle: Live) -> None:
     with idle.client() as client:
         body = client.models()
-    assert set(body["archs"]) == {"vgg16", "vgg_deep", "resnet18"}
+    assert set(body["archs"]) == {"vgg11", "vgg13", "vgg16", "vgg_deep", "resnet18", "resnet34"}
     assert body["options"]["kernel_size"]["allowed"] == [3, 5, 7]
 
 

@@ -80,7 +80,7 @@ def test_cli_invalid_spec_shows_the_servers_message(idle: Live, tmp_path: Path) 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": {"arch": "vgg99"}}))
     message = assert_clean_error(run(idle, "submit", str(path)))
-    assert "model.arch: Input should be 'vgg16', 'vgg_deep' or 'resnet18'" in message
+    assert "model.arch: Input should be 'vgg11', 'vgg13', 'vgg16', 'vgg_deep', 'resnet18' or 'resnet34'" in message
     message = assert_clean_error(run(idle, "submit", str(path), "--set", "model.arch=vgg_deep",
                                      "--set", "train.lr=-1"))
     assert "train.lr: Input should be greater than 0" in message
@@ -160,7 +160,7 @@ def test_cli_submit_watch_falls_back_to_polling_when_the_stream_fails(idle: Live
 def test_cli_models(idle: Live) -> None:
     result = run(idle, "models")
     assert result.exit_code == 0
-    assert "vgg16, vgg_deep, resnet18" in result.stdout and "kernel_size" in result.stdout
+    assert "vgg11, vgg13, vgg16, vgg_deep, resnet18, resnet34" in result.stdout and "kernel_size" in result.stdout
     assert json.loads(run(idle, "models", "--json").stdout)["options"]["kernel_size"]["allowed"] == [3, 5, 7]
 
 
