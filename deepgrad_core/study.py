@@ -98,7 +98,7 @@ def set_path(spec: dict[str, Any], key: str, value: Any) -> None:
 def check_key(loc: tuple[str | int, ...], key: str) -> None:
     """The key must name a spec field (``model.kernel_size``), and not a fixed one."""
     if not isinstance(key, str) or not key:
-        raise StudyError(loc, "a key is a dotted spec field, e.g. model.kernel_size")
+        raise StudyError(loc, f"unknown key {key!r}: a key is a dotted spec field, e.g. model.kernel_size")
     if key in FIXED_KEYS:
         raise StudyError(loc, f"{key} is the same for every job of a study (a paired comparison); set it in the "
                               "base spec")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deepgrad_core.presets import PRESETS
 from deepgrad_core.spec import ExperimentSpec, spec_changes
 from deepgrad_server.models import Job, JobState
 
@@ -169,6 +170,12 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorMessage, "description": _ERROR_TEXT[code]} for code in codes}
 
 
+def json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``errors`` for a route whose own responses are not JSON (an event stream): the errors still are."""
+    ref = {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}
+    return {code: {"description": _ERROR_TEXT[code], "content": {"application/json": ref}} for code in codes}
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -188,6 +195,9 @@ def job_public(job: Job) -> JobPublic:
     return JobPublic.model_validate(job, from_attributes=True)
 
 
+PresetName = Literal[tuple(PRESETS)]
+
+
 class StudyCreate(BaseModel):
     """A study: a base spec varied by a grid or a list of points, or a preset by name; ``set`` overrides fields
     of the base (``{"train.epochs": 2}``)."""
@@ -196,14 +206,15 @@ class StudyCreate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=80, json_schema_extra={"pattern": NAME_PATTERN},
                              description="display name (default: the preset's name, or 'study')")
-    preset: str | None = Field(default=None, max_length=32, description="a preset's name (GET /presets): its base "
-                               "and points; then give neither grid nor points")
+    preset: PresetName | None = Field(default=None, description="a preset's name (GET /presets): its base and "
+                                      "points; then give neither grid nor points")
     base: dict[str, Any] | None = Field(default=None, description="the spec every job starts from (with a "
                                         "preset: merged over the preset's base)")
-    grid: dict[str, list[Any]] | None = Field(default=None, description="key -> values: one job per combination, "
-                                              'e.g. {"model.kernel_size": [3, 5, 7]}')
-    points: list[dict[str, Any]] | None = Field(default=None, description="one job per entry, each a set of "
-                                                'overrides, e.g. [{"model.arch": "vgg16"}, ...]')
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description='key -> values: one job per combination, e.g. {"model.kernel_size": '
+                                                "[3, 5, 7]}; give grid or points, not both")
+    points: list[dict[str, Any]] | None = Field(default=None, min_length=1, description="one job per entry, each a "
+                                                'set of overrides, e.g. [{"model.arch": "vgg16"}, ...]')
     set: dict[str, Any] = Field(default_factory=dict, description="overrides of the base for every job, e.g. "
                                 '{"train.epochs": 2, "model.width": 0.25}')
 

@@ -60,7 +60,7 @@ def test_study_run_by_preset_name_with_overrides(idle: Live) -> None:
 
 def test_bad_studies_say_which_key(idle: Live, tmp_path: Path) -> None:
     err = assert_clean_error(run(idle, "study", "run", "depht"))
-    assert "unknown preset 'depht'" in err
+    assert "preset: Input should be 'original', 'depth'" in err
     err = assert_clean_error(run(idle, "study", "run", "depth", "--set", "train.epoch=1"))
     assert "train.epoch" in err and "unknown key" in err
     path = tmp_path / "bad.yaml"

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from live import TINY, TOKEN  # noqa: E402
 
+from deepgrad_core.histograms import BINS, HistBlock
 from deepgrad_core.norms import NormBlock  # noqa: E402
 from deepgrad_server import store  # noqa: E402
 from deepgrad_server.app import create_app  # noqa: E402
@@ -70,6 +71,9 @@ def seed_job(db: Database, *, state: str, epochs: int = 2, name: str | None = No
                       NormBlock("activation", np.arange(0, steps, 2), LAYERS,
                                 rng.random((len(range(0, steps, 2)), len(LAYERS))).astype(np.float32)),
                       NormBlock("global", np.arange(steps), ("global",), rng.random((steps, 1)).astype(np.float32))]
+            hist_steps = np.arange(0, steps, 3)  # every tracking.histogram_every (3 here) steps, from step 0
+            store.append_histograms(s, job_id=job.id, block=HistBlock(
+                hist_steps, LAYERS, rng.random((len(hist_steps), len(LAYERS), BINS)).astype(np.float32) * 100))
             for first in (True, False):  # two flushes per kind, as a worker writes them
                 for b in blocks:
                     keep = (b.steps < steps // 2) == first
@@ -138,9 +142,30 @@ def _walk(dependant: Any, kind: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def seed_study(db: Database, job_ids: list[str]) -> str:
+    """A study over already seeded jobs (its jobs are theirs: no job is added), as ``POST /studies`` links them."""
+    from deepgrad_server.models import Study, StudyJob
+
+    study_id = store.new_id()
+    with db.writing() as s:
+        s.add(Study(id=study_id, name="seeded-study", base=TINY, grid={"model.kernel_size": [3, 5]}, points=None,
+                    preset=None, created_at=store.now()))
+        s.flush()
+        for position, job_id in enumerate(job_ids):
+            s.add(StudyJob(study_id=study_id, job_id=job_id, position=position,
+                           overrides={"model.kernel_size": 3 + 2 * position}))
+    return study_id
+
+
 def jobs_in_store(db: Database) -> int:
     with db.reading() as s:
         return store.list_jobs(s)[1]
+
+
+@pytest.fixture(scope="session")
+def seed_a_study() -> Any:
+    """``seed_a_study(db, job_ids) -> study id`` (see ``seed_study``)."""
+    return seed_study
 
 
 @pytest.fixture(scope="session")

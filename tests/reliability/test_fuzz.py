@@ -78,12 +78,23 @@ SERVER_RULES = {
     "Value error, ": "cross-field spec rules (model validators): in_channels for the data set, warmup < epochs",
     "must be after start": "end > start relates two parameters",
     "unknown layer(s)": "layer names are the job's own",
+    "no histograms at step(s)": "the steps with histograms are the job's own",
     "layers must name recorded": "layer names are the job's own",
     "norm kind for": "the norm kinds a figure can draw depend on the plot kind",
     "draws one epoch per job": "the number of epochs a figure takes depends on the plot kind",
+    # Studies: what a key may be, and what its values may be, depend on the spec field the key names.
+    "unknown key": "a study's keys name spec fields",
+    "is a section; vary one": "a study's keys name spec fields, not sections",
+    "is the same for every job": "a study varies anything but the seed (paired comparison)",
+    "(value ": "a study point's value is checked against the spec field its key names",
+    "(in the base spec)": "a study's base is a spec",
+    "a study may have": "the most jobs of a study is a setting (DEEPGRAD_MAX_STUDY_JOBS)",
+    "give either grid": "grid and points exclude each other",
+    "brings its own points": "a preset excludes grid and points",
 }
 
 SEEDED: list[str] = []  # the jobs of the running test (``seeded``); map_case points valid ids at them
+STUDIES: list[str] = []  # its study (over two of those jobs)
 LAYERS: list[str] = []  # the layer names those jobs recorded
 CASES: collections.Counter[str] = collections.Counter()  # inputs sent, by test and operation
 
@@ -101,6 +112,9 @@ def map_case(context: Any, case: Any) -> Any:  # noqa: ARG001 (hook signature)
     if case.path_parameters and "job_id" in case.path_parameters:
         generated = case.path_parameters["job_id"]
         case.path_parameters["job_id"] = _pick(generated, [*SEEDED, generated])
+    if case.path_parameters and "study_id" in case.path_parameters:
+        generated = case.path_parameters["study_id"]
+        case.path_parameters["study_id"] = _pick(generated, [*STUDIES, generated])
     query = case.query or {}
     if query.get("ids") is not None:
         generated = query["ids"]
@@ -119,15 +133,17 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 
 @pytest.fixture
-def seeded(fuzz_app: FastAPI, seed: Any) -> Iterator[None]:
+def seeded(fuzz_app: FastAPI, seed: Any, seed_a_study: Any) -> Iterator[None]:
     """Fresh jobs in every state for each operation: DELETE and cancel must not starve the tests after them."""
     db = Database(fuzz_app.state.settings.resolved_database_url)  # the app's own store file
     SEEDED[:] = list(seed(db).values())
+    STUDIES[:] = [seed_a_study(db, SEEDED[:2])]
     with db.reading() as s:
         LAYERS[:] = store.get_job(s, job_id=SEEDED[0]).norm_layers["weight"]
     db.dispose()
     yield
     SEEDED.clear()
+    STUDIES.clear()
     LAYERS.clear()
 
 

@@ -39,7 +39,7 @@ PAYLOADS = ["../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/pas
             "a\x00b", "%00", "0123456789ab%00", LONG, LONG * 8]
 
 # Values of the other parameters while one is attacked: valid, so the attacked one is what decides the answer.
-VALID = {"job_id": "succeeded", "kind": "selected", "ids": "succeeded"}
+VALID = {"job_id": "succeeded", "kind": "selected", "ids": "succeeded", "study_id": "study"}
 # Free text a route matches as text and never opens: a path-like value there is a 200 (with nothing found).
 TEXT_FILTERS = {("/jobs", "name")}
 
@@ -155,7 +155,7 @@ def _target(path: str, path_values: dict[str, str], query: dict[str, str], *, ra
 
 
 @pytest.fixture
-def served(tmp_path: Path, seed: Any) -> Iterator[tuple[Any, Path, Path, dict[str, str]]]:
+def served(tmp_path: Path, seed: Any, seed_a_study: Any) -> Iterator[tuple[Any, Path, Path, dict[str, str]]]:
     """(client, data dir, canary, seeded job ids): the app in-process, a canary file beside its data dir."""
     from fastapi.testclient import TestClient
 
@@ -166,6 +166,7 @@ def served(tmp_path: Path, seed: Any) -> Iterator[tuple[Any, Path, Path, dict[st
     app = create_app(Settings(data_dir=data_dir, token=TOKEN, worker=False))
     with TestClient(app, headers=AUTH) as client:
         ids = seed(app.state.db)
+        ids["study"] = seed_a_study(app.state.db, [ids["cancelled"]])  # DELETE of the study takes only this job
         yield client, data_dir, canary, ids
 
 

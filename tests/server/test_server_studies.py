@@ -29,7 +29,7 @@ def _nothing_created(client: httpx.Client) -> bool:
     ({"base": BASE, "grid": {"seed": [0, 1]}}, ["body", "grid", "seed"], "same for every job"),
     ({"base": BASE, "grid": {"train.epochs": [1, 500]}}, ["body", "grid", "train", "epochs"], "job 2"),
     ({"base": BASE}, ["body"], "either grid"),
-    ({"preset": "depht"}, ["body", "preset"], "unknown preset 'depht'"),
+    ({"preset": "depht"}, ["body", "preset"], "Input should be 'original', 'depth'"),
     ({"preset": "depth", "grid": {"train.lr": [0.1]}}, ["body", "preset"], "brings its own points"),
     ({"preset": "depth", "set": {"train.epoch": 1}}, ["body", "set", "train.epoch"], "unknown key"),
 ])

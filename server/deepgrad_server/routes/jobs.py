@@ -15,7 +15,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
 from deepgrad_server.models import TERMINAL, JobState
-from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public
+from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public, json_errors
 
 router = APIRouter(tags=["jobs"])
 
@@ -114,7 +114,7 @@ def _job_must_exist(job_id: JobId, db: DbDep) -> None:
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"description": "server-sent events"}, **errors(404)},
+            responses={200: {"description": "server-sent events"}, **json_errors(401, 404)},
             dependencies=[Depends(_job_must_exist)])
 async def job_events(job_id: JobId, db: DbDep, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job; a

@@ -36,7 +36,7 @@ def list_presets() -> list[Preset]:
 
 
 @router.post("/studies", status_code=status.HTTP_201_CREATED, response_model=StudyPublic,
-             responses=errors(429))
+             responses=errors(400, 413, 429))
 def create_study(body: StudyCreate, db: DbDep, settings: SettingsDep, response: Response) -> StudyPublic:
     """Queue one job per point of the grid (every combination) or of the list, all with one seed and data order.
     Everything is checked before anything is written: an unknown key, an empty list, a value the spec refuses,
@@ -126,10 +126,7 @@ def delete_study(study_id: StudyId, db: DbDep, settings: SettingsDep, request: R
 def _definition(body: StudyCreate) -> tuple[dict[str, Any], dict[str, Any] | None, list[Any] | None]:
     """The study's base (with ``set`` applied), grid and points, from the body or its preset."""
     if body.preset is not None:
-        preset = PRESETS.get(body.preset)
-        if preset is None:
-            raise RequestValidationError([_error(("body", "preset"), f"unknown preset {body.preset!r} (one of "
-                                                                     f"{', '.join(PRESETS)})")])
+        preset = PRESETS[body.preset]  # the schema allows only their names
         if body.grid is not None or body.points is not None:
             raise RequestValidationError([_error(("body", "preset"), "a preset brings its own points: give grid "
                                                                      "or points only without one")])
