@@ -65,7 +65,8 @@ def test_bad_studies_say_which_key(idle: Live, tmp_path: Path) -> None:
     assert "train.epoch" in err and "unknown key" in err
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"base": TINY, "grid": {"model.kernel_size": []}}))
-    assert "empty list" in assert_clean_error(run(idle, "study", "run", str(path)))
+    err = assert_clean_error(run(idle, "study", "run", str(path)))
+    assert "grid.model.kernel_size: List should have at least 1 item" in err
     path.write_text(yaml.safe_dump({"base": TINY, "grids": {"model.kernel_size": [3]}}))
     assert "unknown key(s) ['grids']" in assert_clean_error(run(idle, "study", "run", str(path)), code=2)
 

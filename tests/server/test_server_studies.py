@@ -22,7 +22,7 @@ def _nothing_created(client: httpx.Client) -> bool:
 
 @pytest.mark.parametrize(("body", "loc", "words"), [
     ({"base": BASE, "grid": {"model.kernal_size": [3]}}, ["body", "grid", "model.kernal_size"], "unknown key"),
-    ({"base": BASE, "grid": {"model.kernel_size": []}}, ["body", "grid", "model.kernel_size"], "empty list"),
+    ({"base": BASE, "grid": {"model.kernel_size": []}}, ["body", "grid", "model.kernel_size"], "at least 1 item"),
     ({"base": BASE, "grid": {"model.kernel_size": [3, 4]}}, ["body", "grid", "model.kernel_size"], "one of"),
     ({"base": BASE, "points": [{}, {"model.arch": "vgg17"}]}, ["body", "points", 1, "model.arch"], "vgg17"),
     ({"base": BASE, "grid": {"train.lr": [0.1] * 65}}, ["body", "grid"], "65 jobs is more than the 64"),
