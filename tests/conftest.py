@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pgserver import PostgresServer, free_port, pg_bin
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_TRAIN_PER_CLASS = 100
@@ -54,3 +56,30 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_cifar10_imagefolder(npz, root / "cifar10",
                               {"train": CIFAR10_TRAIN_PER_CLASS, "test": CIFAR10_TEST_PER_CLASS})
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, on loopback (see ``pgserver``). Skipped where PostgreSQL is not
+    installed, unless ``DEEPGRAD_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it: CI never skips these silently)."""
+    if pg_bin() is None:
+        if os.environ.get("DEEPGRAD_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required (DEEPGRAD_REQUIRE_POSTGRES=1) but not installed")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store back-end in turn: a SQLite file, and a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
