@@ -3,8 +3,10 @@ and whatever executes ``deepgrad_server.runner``.
 
 An ``Executor`` starts a job and hands back an ``Execution``, which the worker asks whether it lives, waits on,
 stops (politely: the job stops after its current step and records ``cancelled``) or kills, and finally asks
-how it ended (an ``Outcome``). ``LocalExecutor`` runs the job in a child process of this server; another
-executor (a cluster's) implements the same few methods and the worker, routes and store stay as they are.
+how it ended (an ``Outcome``). Before claiming a job from the queue a worker takes one of the executor's slots
+(``try_reserve``; ``release`` after): the queue stays in the database, and a cluster gets no more jobs than it
+can run. ``LocalExecutor`` runs the job in a child process of this server (a worker's one slot);
+``ray_executor.RayExecutor`` on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ class Outcome:
     exitcode: int | None
     reason: str | None = None
     oom_killed: bool = False
+    detail: str | None = None  # what the executor knows when there is no exit code (a lost cluster job)
 
     @property
     def why(self) -> str:
         """In words, for a job that died without recording a result."""
         code = self.exitcode
+        if code is None and self.detail:
+            return f"job process ended: {self.detail}"
         if code is not None and code < 0:
             return f"job process killed by {_signal_name(-code)}"
         return f"job process exited with code {code}"
@@ -55,6 +60,9 @@ class Executor(Protocol):
     name: str
 
     def start(self, launch: Launch) -> Execution: ...
+    def try_reserve(self) -> bool: ...
+    def release(self) -> None: ...
+    def describe(self) -> dict[str, object]: ...
 
 
 class LocalExecutor:
@@ -65,6 +73,15 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
+
+    def try_reserve(self) -> bool:
+        return True  # one worker, one job at a time: the worker is the slot
+
+    def release(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
 
     def start(self, launch: Launch) -> LocalExecution:
         oom_before = hostmem.oom_kills()

@@ -19,9 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, help="data sets by name (default <data dir>/data)")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
     parser.add_argument("--no-worker", action="store_true", help="serve the API only; run no jobs here")
+    parser.add_argument("--executor", choices=["local", "ray"], help="where jobs run: local child processes "
+                        "(default) or a Ray cluster")
+    parser.add_argument("--ray-address", help="the Ray cluster's Jobs API, e.g. http://head:8265")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir), e.g. "
+                        "postgresql+psycopg://user@host/db; a URL with a password belongs in DEEPGRAD_DATABASE_URL, "
+                        "not on a command line others can read")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir,
-                                   "data_root": args.data_root, "device": args.device}.items() if v is not None}
+                                   "data_root": args.data_root, "device": args.device, "executor": args.executor,
+                                   "ray_address": args.ray_address, "database_url": args.database_url}.items()
+                 if v is not None}
     if args.no_worker:
         overrides["worker"] = False
 

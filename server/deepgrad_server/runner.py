@@ -45,6 +45,7 @@ class Launch:
     device: str | None = None
     threads: int | None = None
     cache_dir: str | None = None
+    run_token: str = ""  # this run of the job (a claim): names its cluster job
 
 
 def run(launch: Launch, *, should_stop: Callable[[], bool]) -> int:

@@ -182,6 +182,9 @@ class Health(BaseModel):
     queued: int
     running: int
     worker: Literal["alive", "stopped", "disabled"]
+    executor: Literal["local", "ray"] = "local"
+    slots: int | None = Field(default=None, description="jobs the executor can run at once now (Ray: by the "
+                              "cluster's alive nodes); None without a worker")
 
 
 def _changes(spec: dict[str, Any]) -> dict[str, Any]:

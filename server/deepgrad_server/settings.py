@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,19 @@ class Settings(BaseSettings):
                                description="cuda, cuda:1, cpu, or a list (cuda:0,cuda:1: one worker per GPU); "
                                            "unset: CUDA when present")
     worker: bool = True  # run the embedded worker in the server process
+    executor: Literal["local", "ray"] = Field(default="local", description="where jobs run: local (child "
+                                              "processes of this server) or ray (a Ray cluster's nodes)")
+    ray_address: str | None = Field(default=None, description="the Ray cluster's Jobs API (its dashboard), e.g. "
+                                    "http://head:8265; token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    ray_gpus_per_job: float = Field(default=1.0, ge=0, description="GPUs each job asks Ray for (0 on a CPU "
+                                    "cluster)")
+    ray_cpus_per_job: float = Field(default=1.0, gt=0, description="CPUs each job asks Ray for")
+    ray_max_jobs: int = Field(default=16, ge=1, le=256, description="most jobs in flight on the cluster (fewer "
+                              "when it has fewer slots)")
+    ray_python: str = Field(default="python", min_length=1, description="the interpreter with DeepGrad installed "
+                            "on the cluster's nodes")
+    checkpoint_dir: Path | None = Field(default=None, description="job checkpoints; with the Ray executor a "
+                                        "folder every node reaches at this path; default <data_dir>/jobs")
     max_epochs: int = Field(default=200, ge=1)
     max_batch_size: int = Field(default=1024, ge=1)
     max_width: float = Field(default=2.0, gt=0)
@@ -91,6 +105,14 @@ class Settings(BaseSettings):
                              "it could run jobs; set DEEPGRAD_AUTH=true or DEEPGRAD_HOST=127.0.0.1")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if self.executor == "ray":
+            if not self.ray_address:
+                raise ValueError("executor=ray needs ray_address: the Ray cluster's Jobs API, e.g. "
+                                 "http://head:8265 (DEEPGRAD_RAY_ADDRESS or --ray-address)")
+            if self.resolved_database_url.startswith("sqlite"):
+                raise ValueError("executor=ray needs a database every node can write to: the cluster's jobs "
+                                 "cannot reach this server's SQLite file; set DEEPGRAD_DATABASE_URL to a "
+                                 "PostgreSQL URL (postgresql+psycopg://user:password@host/db)")
         return self
 
     @property
@@ -120,8 +142,13 @@ class Settings(BaseSettings):
 
     @property
     def jobs_dir(self) -> Path:
-        """Per-job working folders (checkpoints)."""
+        """Per-job working folders (checkpoints) of local jobs."""
         return self.data_dir / "jobs"
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        """Where jobs keep their checkpoints (``checkpoint_dir``, else ``jobs_dir``)."""
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.jobs_dir
 
     def ensure_token(self) -> tuple[str | None, bool]:
         """The bearer token and whether it was generated now (then it is printed once).

@@ -10,6 +10,7 @@ recovers jobs whose worker is gone: a dead process on this host at once, any oth
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -28,6 +29,7 @@ log = logging.getLogger("deepgrad_server.worker")
 POLL_S = 0.5
 _LIFE = secrets.token_hex(4)  # this server process's life: a restarted server in a container reuses its pid
 KILL_AFTER_S = 10.0  # a job that ignores SIGTERM this long is killed
+START_BACKOFF_S = 5.0  # after an executor could not start a job
 
 
 class Worker:
@@ -63,19 +65,27 @@ class Worker:
         self.recover()
         last_recover = time.monotonic()
         while not self._stopping.is_set():
+            reserved = False
             try:
-                with self.db.writing() as s:
-                    job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds)
+                if time.monotonic() - last_recover > self.settings.lease_seconds / 2:
+                    self.recover()
+                    last_recover = time.monotonic()
+                # A slot first (a cluster's executor has as many as the cluster fits jobs), then a job.
+                reserved = self.executor.try_reserve()
+                job = None
+                if reserved:
+                    with self.db.writing() as s:
+                        job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds)
                 if job is None:
-                    if time.monotonic() - last_recover > self.settings.lease_seconds / 2:
-                        self.recover()
-                        last_recover = time.monotonic()
                     self._stopping.wait(POLL_S)
                     continue
                 self._supervise(job.id, job.attempts)
             except Exception:  # the worker must outlive any one job's trouble (a full disk, a locked file)
                 log.exception("worker loop error; retrying in 5 s")
                 self._stopping.wait(5.0)
+            finally:
+                if reserved:
+                    self.executor.release()
 
     def recover(self) -> None:
         """Requeue (or fail) jobs whose worker is gone."""
@@ -93,10 +103,19 @@ class Worker:
         st = self.settings
         if not self._fits(job_id):
             return
-        log.info("job %s: starting (attempt %d) on %s", job_id, attempt, self.device or "the default device")
-        execution = self.executor.start(Launch(
-            database_url=st.resolved_database_url, job_id=job_id, data_root=str(st.resolved_data_root),
-            jobs_dir=str(st.jobs_dir), device=self.device, threads=self.threads, cache_dir=str(st.cache_dir)))
+        log.info("job %s: starting (attempt %d) on %s", job_id, attempt,
+                 self.device or ("the default device" if self.executor.name == "local" else self.executor.name))
+        try:
+            execution = self.executor.start(Launch(
+                database_url=st.resolved_database_url, job_id=job_id, data_root=str(st.resolved_data_root),
+                jobs_dir=str(st.resolved_checkpoint_dir), device=self.device, threads=self.threads,
+                cache_dir=str(st.cache_dir), run_token=secrets.token_hex(4)))
+        except Exception as err:  # the executor could not take it (a cluster out of reach): the job waits
+            self._put_back(job_id, f"not started: {err}"[:500])
+            log.warning("job %s: %s could not start it (%s); back in the queue, retrying in %.0f s", job_id,
+                        self.executor.name, err, START_BACKOFF_S)
+            self._stopping.wait(START_BACKOFF_S)
+            return
         self._execution, self.current = execution, job_id
         term_sent: float | None = None
         last_beat = time.monotonic()
@@ -131,12 +150,16 @@ class Worker:
         """Server shutdown: kill the job's process and queue the job again without counting the attempt."""
         execution.kill()
         execution.wait(10)
+        self._put_back(job_id, "server stopped; resumes on restart")
+        log.info("job %s: put back in the queue (server stopping)", job_id)
+
+    def _put_back(self, job_id: str, message: str) -> None:
+        """Queue a job this worker holds again, in its place, without counting the attempt."""
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
             if job is not None and job.state == "running" and job.lease_owner == self.owner:
                 store.update_job(s, job_id=job_id, state="queued", lease_owner=None, lease_expires=None,
-                                 attempts=max(job.attempts - 1, 0), message="server stopped; resumes on restart")
-        log.info("job %s: put back in the queue (server stopping)", job_id)
+                                 attempts=max(job.attempts - 1, 0), message=message)
 
     def _fits(self, job_id: str) -> bool:
         """Whether the job's estimated memory fits this host now; if not, fail it ``out_of_memory`` unstarted."""
@@ -186,7 +209,16 @@ class Worker:
 
 
 def make_workers(settings: Settings, db: Database) -> list[Worker]:
-    """One worker per configured device; CPU workers share the cores evenly."""
+    """One worker per configured device; CPU workers share the cores evenly. With the Ray executor: one worker per
+    job the cluster may run at once (``ray_max_jobs``), all sharing the executor's slots."""
+    if settings.executor == "ray":
+        from deepgrad_server.ray_executor import RayExecutor
+
+        executor = RayExecutor(settings.ray_address, gpus_per_job=settings.ray_gpus_per_job,
+                               cpus_per_job=settings.ray_cpus_per_job, python=settings.ray_python,
+                               max_jobs=settings.ray_max_jobs, lost_after_s=settings.lease_seconds)
+        threads = None if settings.ray_gpus_per_job > 0 else max(1, math.floor(settings.ray_cpus_per_job))
+        return [Worker(settings, db, None, threads, executor) for _ in range(settings.ray_max_jobs)]
     devices = settings.devices
     on_cpu = sum(d == "cpu" for d in devices)
     threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu > 1 else None

@@ -52,6 +52,15 @@ class ThreadExecutor:
     def __init__(self) -> None:
         self.launched: list[Launch] = []
 
+    def try_reserve(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
+
     def start(self, launch: Launch) -> ThreadExecution:
         self.launched.append(launch)
         return ThreadExecution(launch)

@@ -50,5 +50,10 @@ async def health(db: DbDep, request: Request) -> Health:
     counts = await anyio.to_thread.run_sync(_queue_counts, db, limiter=request.app.state.health_limiter)
     workers = request.app.state.workers
     state = "disabled" if not workers else ("alive" if all(w.alive for w in workers) else "stopped")
+    settings = request.app.state.settings
+    slots = None
+    if workers:
+        slots = workers[0].executor.describe().get("slots", len(workers)) if settings.executor == "ray" \
+            else len(workers)
     return Health(status="ok", version=__version__, queued=counts.get("queued", 0),
-                  running=counts.get("running", 0), worker=state)
+                  running=counts.get("running", 0), worker=state, executor=settings.executor, slots=slots)
