@@ -6,6 +6,9 @@ can fail at once with "database is locked" when another writer got in between (t
 cannot help there); taking the write lock up front makes writers queue politely instead. Reads use a
 plain deferred ``BEGIN`` and never wait for writers. Other databases (PostgreSQL) are used as
 SQLAlchemy configures them.
+
+Opening a database brings its schema to the newest revision (``deepgrad_server.migrations``); one at the newest
+costs a single query.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from deepgrad_server.models import Base
+from deepgrad_server import migrations
 
 BUSY_TIMEOUT_S = 60.0
 # JSON columns hold strict JSON only: a NaN or infinity raises here instead of being stored as ``NaN``,
@@ -28,7 +31,10 @@ _strict_dumps = partial(json.dumps, allow_nan=False)
 
 
 class Database:
-    """An engine plus two session factories: ``reading()`` and ``writing()`` (commits at the end)."""
+    """An engine plus two session factories: ``reading()`` and ``writing()`` (commits at the end).
+
+    Raises ``migrations.SchemaTooNewError`` for a database that a later DeepGrad has migrated.
+    """
 
     def __init__(self, url: str, pool_size: int = 5) -> None:
         self.url = url
@@ -44,7 +50,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=4,
                                         json_serializer=_strict_dumps)
-        Base.metadata.create_all(self.engine)
+        self.migrated_from = migrations.migrate(self.engine)  # the revisions it was at (empty: none)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)
 
