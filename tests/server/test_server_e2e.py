@@ -186,7 +186,8 @@ def test_models_and_health(finished: tuple[LiveServer, dict], client: httpx.Clie
     assert models["options"]["kernel_size"]["allowed"] == [3, 5, 7]
     assert models["family_defaults"]["vgg_deep"]["extra_convs"] == 4
     health = httpx.get(finished[0].url + "/health").json()  # no token needed
-    assert health == {"status": "ok", "version": "0.1.0", "queued": 0, "running": 0, "worker": "alive"}
+    assert health == {"status": "ok", "version": "0.1.0", "queued": 0, "running": 0, "worker": "alive",
+                      "executor": "local", "slots": 1}
     assert client.get("/openapi.json").json()["info"]["title"] == "DeepGrad"
     assert "swagger" in client.get("/docs").text.lower()
     assert httpx.get(finished[0].url + "/openapi.json").status_code == 401
