@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -245,3 +246,24 @@ def test_later_revision_upgrades_in_place(database_url: str, tmp_path: Path) -> 
         db.dispose()
     with pytest.raises(migrations.SchemaTooNewError, match="'9001'"):
         Database(database_url)
+
+
+def test_the_migrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``deepgrad-server migrate`` (and ``--check``) for operators; a too-new or unreachable database is a clear
+    error at start, not a traceback."""
+    from deepgrad_server.main import main
+
+    data = ["--data-dir", str(tmp_path)]
+    assert main([*data, "migrate", "--check"]) == 1
+    assert "schema revision: none" in capsys.readouterr().out
+    assert main([*data, "migrate"]) == 0
+    assert capsys.readouterr().out == f"schema: none -> {migrations.HEAD}\n"
+    assert main([*data, "migrate"]) == 0
+    assert capsys.readouterr().out == f"schema: already at {migrations.HEAD}\n"
+    assert main([*data, "migrate", "--check"]) == 0
+    with sqlite3.connect(tmp_path / "deepgrad.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    assert main(data) == 2
+    assert "'9999', which this DeepGrad does not know" in capsys.readouterr().err
+    assert main(["--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/none", "migrate"]) == 2
+    assert "cannot open the database" in capsys.readouterr().err
