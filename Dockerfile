@@ -7,6 +7,9 @@
 # downloading a second torch if a dependency ever asks for a different one.
 ARG BASE_IMAGE=pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
+# The package's extras: "server" on one host; "server,ray" for a cluster's head and nodes (docker-compose.yml's
+# cluster profile builds it so).
+ARG EXTRAS=server
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,7 +22,7 @@ COPY deepgrad_core/ deepgrad_core/
 COPY server/ server/
 COPY client/ client/
 RUN pip list --format=freeze | grep -E '^(torch|torchvision)==' > /tmp/torch-constraints.txt \
-    && pip install --no-cache-dir --constraint /tmp/torch-constraints.txt ".[server]" \
+    && pip install --no-cache-dir --constraint /tmp/torch-constraints.txt ".[${EXTRAS}]" \
     && rm /tmp/torch-constraints.txt
 
 # An unprivileged user owns the data volume (database, checkpoints, token, data sets); a fresh named

@@ -42,12 +42,14 @@ def _compose_v2() -> list[str] | None:
     return None
 
 
-def _resolved_by_compose() -> dict[str, Any]:
+def _resolved_by_compose(*profiles: str) -> dict[str, Any]:
     cmd = _compose_v2()
     if cmd is None:
         pytest.skip("no Compose v2 binary (`docker compose` or `docker-compose`): only the YAML is checked")
-    env = {k: v for k, v in os.environ.items() if k != "DEEPGRAD_TOKEN" and not k.startswith("COMPOSE_")}
-    out = subprocess.run([*cmd, "-f", str(COMPOSE_FILE), "config", "--format", "json"], cwd=REPO, env=env,
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DEEPGRAD_", "COMPOSE_", "RAY_"))}  # the file's own defaults
+    flags = [f for p in profiles for f in ("--profile", p)]
+    out = subprocess.run([*cmd, "-f", str(COMPOSE_FILE), *flags, "config", "--format", "json"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -60,8 +62,53 @@ def service(request: pytest.FixtureRequest) -> dict[str, Any]:
         config = yaml.safe_load(COMPOSE_FILE.read_text())
     else:
         config = _resolved_by_compose()
-    assert list(config["services"]) == [SERVICE]
+    assert [name for name, svc in config["services"].items() if not svc.get("profiles")] == [SERVICE]
     return config["services"][SERVICE]
+
+
+CLUSTER = ["postgres", "ray-head", "ray-gpu-worker", "deepgrad-cluster"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    """The services of the cluster profile as ``docker compose --profile cluster config`` resolves them (every
+    address at its default: one host, loopback)."""
+    config = _resolved_by_compose("cluster")
+    assert sorted(config["services"]) == sorted([SERVICE, *CLUSTER])
+    return config["services"]
+
+
+def test_cluster_profile_is_opt_in() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert all(services[name]["profiles"] == ["cluster"] for name in CLUSTER)
+
+
+def test_cluster_listens_on_the_chosen_private_address_only(cluster: dict[str, Any]) -> None:
+    assert [_port(p) for p in cluster["postgres"]["ports"]] == [("127.0.0.1", "5432", "5432")]
+    head = " ".join(cluster["ray-head"]["command"])
+    assert "--node-ip-address=127.0.0.1" in head and "--dashboard-host=127.0.0.1" in head
+    assert "--node-ip-address=127.0.0.1" in " ".join(cluster["ray-gpu-worker"]["command"])
+    api = cluster["deepgrad-cluster"]["environment"]
+    assert api["DEEPGRAD_HOST"] == "127.0.0.1" and "ports" not in cluster["deepgrad-cluster"]
+    assert str(api.get("DEEPGRAD_AUTH", "true")).lower() in ("true", "1")
+    for name in ("ray-head", "ray-gpu-worker", "deepgrad-cluster"):  # Ray's token on every node and the API
+        assert cluster[name]["environment"]["RAY_AUTH_MODE"] == "token"
+
+
+def test_cluster_api_dispatches_to_ray_and_nodes_share_paths(cluster: dict[str, Any]) -> None:
+    api, worker = cluster["deepgrad-cluster"], cluster["ray-gpu-worker"]
+    env = api["environment"]
+    assert env["DEEPGRAD_EXECUTOR"] == "ray" and env["DEEPGRAD_RAY_ADDRESS"] == "http://127.0.0.1:8265"
+    assert env["DEEPGRAD_DATABASE_URL"].startswith("postgresql+psycopg://deepgrad:")
+    assert "--num-gpus=0" in cluster["ray-head"]["command"]  # jobs go to the GPU nodes, never the head
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
+    # A job resumes on any node: its checkpoints and data sets sit at the same paths on the API and the workers.
+    mounts = {name: {_volume(v)[1] for v in cluster[name]["volumes"]}
+              for name in ("deepgrad-cluster", "ray-gpu-worker")}
+    assert env["DEEPGRAD_CHECKPOINT_DIR"].startswith("/shared/") and "/shared" in mounts["ray-gpu-worker"]
+    assert "/shared" in mounts["deepgrad-cluster"] and {"/data/datasets"} <= mounts["ray-gpu-worker"]
+    assert cluster["deepgrad-cluster"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def _port(entry: str | dict[str, Any]) -> tuple[str | None, str, str]:
