@@ -35,6 +35,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires: Mapped[float | None] = mapped_column(Float)
+    run_token: Mapped[str | None] = mapped_column(String(16))  # the run (claim) whose process may write the job
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD = "0001"  # the newest revision in versions/
+HEAD = "0002"  # the newest revision in versions/
 HERE = Path(__file__).resolve().parent
 # Held by whoever migrates a PostgreSQL database (any 64-bit number other programs on it do not use): "deepgrad".
 PG_LOCK_KEY = int.from_bytes(b"deepgrad", "big") >> 1
