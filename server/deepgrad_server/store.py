@@ -2,17 +2,44 @@
 
 Norm series arrive as ``NormBlock``s (``[steps x layers]`` float32 with int64 step numbers) and are
 stored as they come, one row per block; reads concatenate the blocks of a step range and downsample.
+
+Every function behaves the same on SQLite and PostgreSQL. Where they differ:
+
+- Concurrency. A SQLite write transaction holds the database's one write lock from its first statement
+  (``BEGIN IMMEDIATE``, see ``db.py``), so read-then-write code runs alone. PostgreSQL's transactions run side
+  by side (READ COMMITTED): rows read to decide a write are locked there (``FOR UPDATE``, ``_for_update``),
+  claims skip rows another claimer holds (``SKIP LOCKED``), and submissions take a lock of their own
+  (``_one_submitter``) so that the queue bound and idempotency keys hold across API processes. A statement
+  that fails aborts a PostgreSQL transaction: an expected ``IntegrityError`` is caught around a savepoint.
+- Values. PostgreSQL enforces ``VARCHAR`` lengths and refuses NUL in text (SQLite stores either); no driver
+  encodes a lone surrogate. Text is fitted before it is written (``_fit``). Step bounds are compared as
+  BIGINT (steps are int64; psycopg would cast a bound to the INTEGER of the column and overflow).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import secrets
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import and_, delete, false, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Select,
+    String,
+    and_,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +64,63 @@ def new_id() -> str:
     return secrets.token_hex(6)
 
 
+# --- what the back-ends differ on -------------------------------------------------------------------------------
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL (PostgreSQL refuses it in text), lone surrogates (no UTF-8)
+_SUBMIT_LOCK = int.from_bytes(b"dg-queue", "big")  # the PostgreSQL advisory lock submissions take (migrations: another)
+
+
+def _fit(column: Any, value: str | None) -> str | None:
+    """``value`` as any back-end stores it in ``column`` (a ``String(n)``): NUL and lone surrogates replaced by
+    U+FFFD, cut to ``n`` characters (ending in an ellipsis). A long failure message is kept, shortened."""
+    if value is None:
+        return None
+    value = _UNSTORABLE.sub("\ufffd", value)
+    limit = column.type.length
+    return value if len(value) <= limit else value[:limit - 1] + "\u2026"
+
+
+def _fit_fields(model: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of ``model`` with each string bound for a ``String(n)`` column fitted (``_fit``)."""
+    columns = model.__table__.columns
+    fitted = dict(fields)
+    for key, value in fields.items():
+        column = columns.get(key)
+        if isinstance(value, str) and column is not None and isinstance(column.type, String) and column.type.length:
+            fitted[key] = _fit(column, value)
+    return fitted
+
+
+def _check_storable(column: Any, value: str, what: str) -> None:
+    """A key compared as it is (an idempotency key, a lease owner) is never fitted: ValueError if it must be."""
+    if len(value) > column.type.length or _UNSTORABLE.search(value):
+        raise ValueError(f"{what} is at most {column.type.length} characters, without NUL or lone surrogates")
+
+
+def _step(value: int) -> BindParameter:
+    """A step number as a BIGINT bound (steps are int64; an INTEGER column compared with it stays exact)."""
+    return literal(int(value), BigInteger)
+
+
+def _postgres(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def _for_update(s: Session, query: Select, *, skip_locked: bool = False) -> Select:
+    """``query`` locking the rows it reads until the transaction ends, and reading them afresh (not from the
+    session's identity map). On SQLite the transaction already holds the write lock: the query as it is."""
+    if _postgres(s):
+        query = query.with_for_update(skip_locked=skip_locked)
+    return query.execution_options(populate_existing=True)
+
+
+def _one_submitter(s: Session) -> None:
+    """Submissions one at a time: the queue count and the idempotency check stay true until this transaction
+    commits (on SQLite the write lock already makes it so)."""
+    if _postgres(s):
+        s.execute(select(func.pg_advisory_xact_lock(literal(_SUBMIT_LOCK, BigInteger))))
+
+
 # --- jobs -------------------------------------------------------------------------------------------------------
 
 
@@ -44,9 +128,12 @@ def create_job(s: Session, *, spec: dict[str, Any], name: str, idempotency_key: 
                max_queued: int) -> tuple[Job, bool]:
     """Queue a job; with an ``idempotency_key`` already used, return that job instead (``created`` False)."""
     if idempotency_key is not None:
+        _check_storable(Job.idempotency_key, idempotency_key, "an idempotency key")
+    _one_submitter(s)
+    if idempotency_key is not None:
         existing = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
-            if existing.spec != spec or existing.name != name:
+            if existing.spec != spec or existing.name != _fit(Job.name, name):
                 raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for job {existing.id} "
                                           "with a different body; use a new key for a new job")
             return existing, False
@@ -66,7 +153,7 @@ def _check_queue(s: Session, *, adding: int, max_queued: int) -> None:
 
 def _new_job(s: Session, *, spec: dict[str, Any], name: str, idempotency_key: str | None = None) -> Job:
     for _ in range(5):  # 48 random bits: a collision is rare, but never fatal
-        job = Job(id=new_id(), name=name, state="queued", spec=spec, idempotency_key=idempotency_key,
+        job = Job(id=new_id(), name=_fit(Job.name, name), state="queued", spec=spec, idempotency_key=idempotency_key,
                   created_at=now(), attempts=0, cancel_requested=False)
         try:
             with s.begin_nested():
@@ -88,9 +175,9 @@ def list_jobs(s: Session, *, state: str | None = None, name: str | None = None, 
     query = select(Job)
     if state is not None:
         query = query.where(Job.state == state)
-    if name:
+    if name:  # ASCII case folded on both back-ends (SQLite's LIKE folds it, PostgreSQL's does not: ILIKE)
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Job.name.like(f"%{escaped}%", escape="\\"))
+        query = query.where(Job.name.ilike(f"%{escaped}%", escape="\\"))
     count = s.scalar(select(func.count()).select_from(query.subquery()))
     jobs = s.scalars(query.order_by(Job.seq.desc()).limit(limit).offset(offset)).all()
     return list(jobs), count
@@ -104,10 +191,17 @@ def queue_counts(s: Session) -> dict[str, int]:
 def claim_next(s: Session, *, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest queued job and lease it to ``owner``; None when the queue is empty.
 
-    One UPDATE whose WHERE re-checks the state, so two workers can never take the same job.
+    One UPDATE whose WHERE re-checks the state, so two workers can never take the same job. On PostgreSQL the
+    oldest queued job is first locked with ``FOR UPDATE SKIP LOCKED``: concurrent claimers each take a different
+    job instead of waiting on one another. SQLite has no row locks (it drops ``FOR UPDATE``); there claimers take
+    turns, as every write transaction starts with ``BEGIN IMMEDIATE``.
     """
+    _check_storable(Job.lease_owner, owner, "a lease owner")
+    oldest = select(Job.seq).where(Job.state == "queued").order_by(Job.seq).limit(1)
+    if _postgres(s):
+        oldest = oldest.with_for_update(skip_locked=True)
     while True:
-        seq = s.scalar(select(Job.seq).where(Job.state == "queued").order_by(Job.seq).limit(1))
+        seq = s.scalar(oldest)
         if seq is None:
             return None
         t = now()
@@ -128,7 +222,7 @@ def heartbeat(s: Session, *, job_id: str, owner: str, lease_seconds: float) -> t
 
 def request_cancel(s: Session, *, job_id: str) -> Job | None:
     """Cancel a queued job now; flag a running one (its worker stops it). None when already finished."""
-    job = get_job(s, job_id=job_id)
+    job = _job_for_update(s, job_id=job_id)
     if job is None or job.state in TERMINAL:
         return None
     if job.state == "queued":
@@ -144,18 +238,24 @@ def finish(s: Session, *, job_id: str, state: str, reason: str | None = None, me
     query = update(Job).where(Job.id == job_id, Job.state == "running")
     if owner is not None:
         query = query.where(Job.lease_owner == owner)
-    done = s.execute(query.values(state=state, reason=reason, message=message, finished_at=now(),
-                                  lease_owner=None, lease_expires=None, **fields)).rowcount
+    done = s.execute(query.values(**_fit_fields(Job, dict(
+        state=state, reason=reason, message=message, finished_at=now(), lease_owner=None, lease_expires=None,
+        **fields)))).rowcount
     return bool(done)
 
 
 def update_job(s: Session, *, job_id: str, **fields: Any) -> None:
-    s.execute(update(Job).where(Job.id == job_id).values(**fields))
+    s.execute(update(Job).where(Job.id == job_id).values(**_fit_fields(Job, fields)))
+
+
+def _job_for_update(s: Session, *, job_id: str) -> Job | None:
+    """The job read afresh and locked until the transaction ends: for a write that depends on its state."""
+    return s.scalar(_for_update(s, select(Job).where(Job.id == job_id)))
 
 
 def requeue_or_fail(s: Session, *, job_id: str, max_retries: int, why: str) -> str:
     """A running job lost its worker: back to the queue (same place), or ``failed/worker_lost``."""
-    job = get_job(s, job_id=job_id)
+    job = _job_for_update(s, job_id=job_id)
     if job is None or job.state != "running":
         return job.state if job is not None else "deleted"
     if job.cancel_requested:
@@ -166,7 +266,7 @@ def requeue_or_fail(s: Session, *, job_id: str, max_retries: int, why: str) -> s
                message=f"{why}; gave up after {job.attempts} attempts (DEEPGRAD_MAX_RETRIES={max_retries})")
         return "failed"
     job.state, job.lease_owner, job.lease_expires = "queued", None, None
-    job.message = f"{why}; requeued to resume from its last checkpoint (attempt {job.attempts + 1})"
+    job.message = _fit(Job.message, f"{why}; requeued to resume from its last checkpoint (attempt {job.attempts + 1})")
     return "queued"
 
 
@@ -176,7 +276,10 @@ def expired_leases(s: Session, *, at: float) -> list[Job]:
 
 
 def running_jobs(s: Session) -> list[Job]:
-    return list(s.scalars(select(Job).where(Job.state == "running")))
+    """The running jobs, read afresh and locked until the transaction ends, for deciding which lost their
+    worker; on PostgreSQL those another transaction holds (a heartbeat, another worker's recovery) are left out."""
+    return list(s.scalars(_for_update(s, select(Job).where(Job.state == "running").order_by(Job.seq),
+                                      skip_locked=True)))
 
 
 def delete_job(s: Session, *, job_id: str) -> None:
@@ -196,9 +299,11 @@ def create_study(s: Session, *, name: str, base: dict[str, Any], grid: dict[str,
                  jobs: list[tuple[dict[str, Any], dict[str, Any], str]], max_queued: int) -> Study:
     """A study and its jobs (``jobs``: (overrides, resolved spec, label) per point, in order; each named
     ``<study>/<n> <label>``), queued together or not at all (``QueueFull``)."""
+    _one_submitter(s)
     _check_queue(s, adding=len(jobs), max_queued=max_queued)
     for _ in range(5):
-        study = Study(id=new_id(), name=name, base=base, grid=grid, points=points, preset=preset, created_at=now())
+        study = Study(id=new_id(), name=_fit(Study.name, name), base=base, grid=grid, points=points,
+                      preset=_fit(Study.preset, preset), created_at=now())
         try:
             with s.begin_nested():
                 s.add(study)
@@ -209,7 +314,7 @@ def create_study(s: Session, *, name: str, base: dict[str, Any], grid: dict[str,
         raise RuntimeError("could not allocate a study id")
     width = len(str(len(jobs)))
     for position, (overrides, spec, label) in enumerate(jobs):
-        job = _new_job(s, spec=spec, name=f"{name}/{position + 1:0{width}d} {label}"[:100])
+        job = _new_job(s, spec=spec, name=f"{name}/{position + 1:0{width}d} {label}")
         s.add(StudyJob(study_id=study.id, job_id=job.id, position=position, overrides=overrides))
     s.flush()
     return study
@@ -295,24 +400,24 @@ def _chunk_row(job_id: str, kind: str, steps: np.ndarray, values: np.ndarray) ->
 
 def truncate_from(s: Session, *, job_id: str, step: int) -> None:
     """Drop norms at ``step`` and after, and the epochs from ``step``'s on (a resumed run replays them)."""
-    s.execute(delete(NormChunk).where(NormChunk.job_id == job_id, NormChunk.first_step >= step))
-    straddling = s.scalars(select(NormChunk).where(NormChunk.job_id == job_id, NormChunk.first_step < step,
-                                                   NormChunk.last_step >= step)).all()
+    s.execute(delete(NormChunk).where(NormChunk.job_id == job_id, NormChunk.first_step >= _step(step)))
+    straddling = s.scalars(select(NormChunk).where(NormChunk.job_id == job_id, NormChunk.first_step < _step(step),
+                                                   NormChunk.last_step >= _step(step))).all()
     for chunk in straddling:
         steps, values = _decode(chunk)
         keep = steps < step
         s.delete(chunk)
         s.add(NormChunk(**_chunk_row(job_id, chunk.kind, steps[keep], values[keep])))
-    s.execute(delete(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step >= step))
-    for chunk in s.scalars(select(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step < step,
-                                                   HistChunk.last_step >= step)).all():
+    s.execute(delete(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step >= _step(step)))
+    for chunk in s.scalars(select(HistChunk).where(HistChunk.job_id == job_id, HistChunk.first_step < _step(step),
+                                                   HistChunk.last_step >= _step(step))).all():
         block = _hist(chunk)
         keep = block.steps < step
         s.delete(chunk)
         append_histograms(s, job_id=job_id, block=HistBlock(block.steps[keep], block.layers, block.counts[keep]))
     spe = s.scalar(select(Job.steps_per_epoch).where(Job.id == job_id))
     first_epoch = step // spe if spe else 0
-    s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch >= first_epoch))
+    s.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch >= _step(first_epoch)))
 
 
 def append_histograms(s: Session, *, job_id: str, block: HistBlock) -> None:
@@ -327,9 +432,9 @@ def append_histograms(s: Session, *, job_id: str, block: HistBlock) -> None:
 def load_histograms(s: Session, *, job_id: str, steps: list[int] | None = None) -> HistBlock | None:
     """The job's histograms in step order, or only those at ``steps`` (reading just the chunks that hold them:
     memory bounded by the answer); None when there are none."""
-    query = select(HistChunk).where(HistChunk.job_id == job_id).order_by(HistChunk.first_step)
+    query = select(HistChunk).where(HistChunk.job_id == job_id).order_by(HistChunk.first_step, HistChunk.id)
     if steps is not None:
-        query = query.where(or_(*(and_(HistChunk.first_step <= step, HistChunk.last_step >= step)
+        query = query.where(or_(*(and_(HistChunk.first_step <= _step(step), HistChunk.last_step >= _step(step))
                                   for step in steps))) if steps else query.where(false())
     blocks = [_hist(chunk) for chunk in s.scalars(query)]
     if not blocks:
@@ -344,7 +449,8 @@ def load_histograms(s: Session, *, job_id: str, steps: list[int] | None = None) 
 
 def histogram_steps(s: Session, *, job_id: str) -> np.ndarray:
     """The steps that have histograms, without reading any counts."""
-    rows = s.scalars(select(HistChunk.steps).where(HistChunk.job_id == job_id).order_by(HistChunk.first_step))
+    rows = s.scalars(select(HistChunk.steps).where(HistChunk.job_id == job_id)
+                     .order_by(HistChunk.first_step, HistChunk.id))
     parts = [np.frombuffer(blob, np.int64) for blob in rows]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -370,9 +476,9 @@ def _chunks(job_id: str, kind: str, start: int | None, end: int | None) -> list[
     """The WHERE of the chunks of a series that hold a step in ``[start, end)``."""
     where = [NormChunk.job_id == job_id, NormChunk.kind == kind]
     if start is not None:
-        where.append(NormChunk.last_step >= start)
+        where.append(NormChunk.last_step >= _step(start))
     if end is not None:
-        where.append(NormChunk.first_step < end)
+        where.append(NormChunk.first_step < _step(end))
     return where
 
 
@@ -408,9 +514,9 @@ def series_extent(s: Session, *, job_id: str, kind: str, start: int | None = Non
     rows = int(total) // 8
     edges = []
     if start is not None:
-        edges.append(NormChunk.first_step < start)
+        edges.append(NormChunk.first_step < _step(start))
     if end is not None:
-        edges.append(NormChunk.last_step >= end)
+        edges.append(NormChunk.last_step >= _step(end))
     if edges:
         for (blob,) in s.execute(select(NormChunk.steps).where(*where, or_(*edges))):
             keep = _in_range(np.frombuffer(blob, np.int64), start, end)
@@ -424,8 +530,9 @@ def norm_page(s: Session, *, job_id: str, kind: str, first_from: int, first_to: 
     (None when there are none): one page of a series, read in a transaction of its own."""
     # Core, not the ORM: a page is hundreds of rows of two blobs, and the ORM's per-row work is half a read.
     rows = s.connection().execute(select(NormChunk.steps, NormChunk.values, NormChunk.n_layers)
-                                  .where(*_chunks(job_id, kind, start, end), NormChunk.first_step >= first_from,
-                                         NormChunk.first_step < first_to).order_by(NormChunk.first_step)).all()
+                                  .where(*_chunks(job_id, kind, start, end), NormChunk.first_step >= _step(first_from),
+                                         NormChunk.first_step < _step(first_to))
+                                  .order_by(NormChunk.first_step, NormChunk.id)).all()
     if not rows:
         return None
     # The chunks of one series have the same columns: decode the joined bytes at once (40,000 chunks of a
