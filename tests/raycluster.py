@@ -22,6 +22,16 @@ import httpx
 from pgserver import free_port
 
 RAY = Path(sys.executable).with_name("ray")
+# `ray start` for a node joining on loopback: the CLI sees multi-node clusters allowed, everything else in Ray keeps
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (no address rewriting).
+_JOIN = """
+import sys, types
+import ray._private.ray_constants as constants
+from ray.scripts import scripts
+scripts.ray_constants = types.SimpleNamespace(**{**vars(constants), "ENABLE_RAY_CLUSTER": True})
+sys.argv = ["ray", *sys.argv[1:]]
+scripts.main()
+"""
 
 
 def ray_installed() -> bool:
@@ -61,10 +71,15 @@ class RayCluster:
         return self
 
     def add_node(self, cpus: int) -> None:
-        """Another node of the cluster on this host (a second 'machine', on loopback)."""
+        """Another node of the cluster on this host (a second 'machine', on loopback).
+
+        Ray keeps a node on loopback only while ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: with it on, 127.0.0.1 is
+        swapped for the host's routable address and the GCS and raylets bind every interface (seen with ``ss``).
+        But its CLI also refuses to add a node while that switch is off; ``_JOIN`` runs ``ray start`` with that
+        one check lifted (the addresses stay on loopback)."""
         self._ray("start", f"--address=127.0.0.1:{self.port}", "--node-ip-address=127.0.0.1",
                   f"--num-cpus={cpus}", "--num-gpus=0", f"--dashboard-agent-listen-port={free_port()}",
-                  f"--metrics-export-port={free_port()}", "--disable-usage-stats")
+                  f"--metrics-export-port={free_port()}", "--disable-usage-stats", join=True)
         self.nodes += 1
         self.wait_nodes(self.nodes)
 
@@ -101,7 +116,8 @@ class RayCluster:
         subprocess.run([str(RAY), "stop", "--force"], env=self.env(), capture_output=True, timeout=120)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _ray(self, *args: str) -> None:
-        out = subprocess.run([str(RAY), *args], env=self.env(), capture_output=True, text=True, timeout=180)
+    def _ray(self, *args: str, join: bool = False) -> None:
+        cmd = [sys.executable, "-c", _JOIN, *args] if join else [str(RAY), *args]
+        out = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=180)
         if out.returncode:
             raise RuntimeError(f"ray {args[0]} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     max_width: float = Field(default=2.0, gt=0)
     max_queued: int = Field(default=100, ge=1)
     max_study_jobs: int = Field(default=64, ge=1, le=10_000, description="most jobs one study may have")
-    max_steps: int = Field(default=1_000_000, ge=1, description="largest epochs x steps per epoch of one job")
+    max_steps: int = Field(default=1_000_000, ge=1, le=2**31 - 1, description="largest epochs x steps per epoch of "
+                           "one job (steps are 32-bit integer columns in the store)")
     max_job_memory_gib: float | None = Field(default=None, gt=0, description="largest estimated memory of one "
                                              "job; unset: 85% of the memory this server may use (its cgroup "
                                              "limit or the machine's), less its own, shared by its CPU workers")

@@ -56,6 +56,10 @@ class IdempotencyConflict(Exception):
     pass
 
 
+class Superseded(Exception):
+    """The job is no longer held by the run that wanted to write it (another run of it took over)."""
+
+
 def now() -> float:
     return time.time()
 
@@ -188,7 +192,7 @@ def queue_counts(s: Session) -> dict[str, int]:
     return {state: n for state, n in rows}
 
 
-def claim_next(s: Session, *, owner: str, lease_seconds: float) -> Job | None:
+def claim_next(s: Session, *, owner: str, lease_seconds: float, run_token: str | None = None) -> Job | None:
     """Take the oldest queued job and lease it to ``owner``; None when the queue is empty.
 
     One UPDATE whose WHERE re-checks the state, so two workers can never take the same job. On PostgreSQL the
@@ -207,7 +211,7 @@ def claim_next(s: Session, *, owner: str, lease_seconds: float) -> Job | None:
         t = now()
         taken = s.execute(update(Job).where(Job.seq == seq, Job.state == "queued").values(
             state="running", lease_owner=owner, lease_expires=t + lease_seconds, attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, t))).rowcount
+            run_token=run_token, started_at=func.coalesce(Job.started_at, t))).rowcount
         if taken:
             return s.scalar(select(Job).where(Job.seq == seq).execution_options(populate_existing=True))
 
@@ -251,6 +255,16 @@ def update_job(s: Session, *, job_id: str, **fields: Any) -> None:
 def _job_for_update(s: Session, *, job_id: str) -> Job | None:
     """The job read afresh and locked until the transaction ends: for a write that depends on its state."""
     return s.scalar(_for_update(s, select(Job).where(Job.id == job_id)))
+
+
+def hold(s: Session, *, job_id: str, run_token: str) -> None:
+    """Check that the run ``run_token`` still holds the running job, and keep it so until the transaction ends
+    (the job's row is locked on PostgreSQL; SQLite's write transactions take turns): the writes of the same
+    transaction can never land in a run that replaced it. ``Superseded`` otherwise."""
+    job = _job_for_update(s, job_id=job_id)
+    if job is None or job.state != "running" or job.run_token != run_token:
+        now_ = "deleted" if job is None else (job.state if job.state != "running" else "running as another run")
+        raise Superseded(f"job {job_id} is no longer this run's ({now_})")
 
 
 def requeue_or_fail(s: Session, *, job_id: str, max_retries: int, why: str) -> str:

@@ -62,6 +62,8 @@ class Worker:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        if self.executor.name == "local" and admission.memory_budget(self.settings) is not None:
+            admission.warm_up()  # torch's first import (seconds) here, not between a claim and its first heartbeat
         self.recover()
         last_recover = time.monotonic()
         while not self._stopping.is_set():
@@ -75,11 +77,12 @@ class Worker:
                 job = None
                 if reserved:
                     with self.db.writing() as s:
-                        job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds)
+                        job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds,
+                                               run_token=secrets.token_hex(8))
                 if job is None:
                     self._stopping.wait(POLL_S)
                     continue
-                self._supervise(job.id, job.attempts)
+                self._supervise(job.id, job.attempts, job.run_token)
             except Exception:  # the worker must outlive any one job's trouble (a full disk, a locked file)
                 log.exception("worker loop error; retrying in 5 s")
                 self._stopping.wait(5.0)
@@ -95,13 +98,20 @@ class Worker:
                     continue
                 expired = job.lease_expires is None or job.lease_expires < store.now()
                 if expired or _dead_here(job.lease_owner):
+                    owner = job.lease_owner  # requeue_or_fail clears it
                     state = store.requeue_or_fail(s, job_id=job.id, max_retries=self.settings.max_retries,
                                                   why="its worker stopped")
-                    log.warning("job %s lost its worker (%s): now %s", job.id, job.lease_owner, state)
+                    log.warning("job %s lost its worker (%s): now %s", job.id, owner, state)
 
-    def _supervise(self, job_id: str, attempt: int) -> None:
+    def _supervise(self, job_id: str, attempt: int, run_token: str) -> None:
+        """Run the job this worker has just claimed (``run_token``: this run of it) until it ends."""
         st = self.settings
         if not self._fits(job_id):
+            return
+        with self.db.writing() as s:  # sizing it may have taken a while (torch's first import): renew the lease
+            ours, _ = store.heartbeat(s, job_id=job_id, owner=self.owner, lease_seconds=st.lease_seconds)
+        if not ours:
+            log.warning("job %s: its lease ran out before it started; not starting it", job_id)
             return
         log.info("job %s: starting (attempt %d) on %s", job_id, attempt,
                  self.device or ("the default device" if self.executor.name == "local" else self.executor.name))
@@ -109,9 +119,9 @@ class Worker:
             execution = self.executor.start(Launch(
                 database_url=st.resolved_database_url, job_id=job_id, data_root=str(st.resolved_data_root),
                 jobs_dir=str(st.resolved_checkpoint_dir), device=self.device, threads=self.threads,
-                cache_dir=str(st.cache_dir), run_token=secrets.token_hex(4)))
+                cache_dir=str(st.cache_dir), run_token=run_token))
         except Exception as err:  # the executor could not take it (a cluster out of reach): the job waits
-            self._put_back(job_id, f"not started: {err}"[:500])
+            self._put_back(job_id, run_token, f"not started: {err}"[:500])
             log.warning("job %s: %s could not start it (%s); back in the queue, retrying in %.0f s", job_id,
                         self.executor.name, err, START_BACKOFF_S)
             self._stopping.wait(START_BACKOFF_S)
@@ -140,30 +150,31 @@ class Worker:
                 if term_sent is not None and time.monotonic() - term_sent > KILL_AFTER_S:
                     execution.kill()
             if self._stopping.is_set() and execution.alive():
-                self._release(job_id, execution)
+                self._release(job_id, run_token, execution)
                 return
-            self._after_exit(job_id, execution.outcome())
+            self._after_exit(job_id, run_token, execution.outcome())
         finally:
             self._execution, self.current = None, None
 
-    def _release(self, job_id: str, execution: Execution) -> None:
+    def _release(self, job_id: str, run_token: str, execution: Execution) -> None:
         """Server shutdown: kill the job's process and queue the job again without counting the attempt."""
         execution.kill()
         execution.wait(10)
-        self._put_back(job_id, "server stopped; resumes on restart")
+        self._put_back(job_id, run_token, "server stopped; resumes on restart")
         log.info("job %s: put back in the queue (server stopping)", job_id)
 
-    def _put_back(self, job_id: str, message: str) -> None:
+    def _put_back(self, job_id: str, run_token: str, message: str) -> None:
         """Queue a job this worker holds again, in its place, without counting the attempt."""
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
-            if job is not None and job.state == "running" and job.lease_owner == self.owner:
+            if job is not None and job.state == "running" and job.run_token == run_token:
                 store.update_job(s, job_id=job_id, state="queued", lease_owner=None, lease_expires=None,
                                  attempts=max(job.attempts - 1, 0), message=message)
 
     def _fits(self, job_id: str) -> bool:
-        """Whether the job's estimated memory fits this host now; if not, fail it ``out_of_memory`` unstarted."""
-        budget = admission.memory_budget(self.settings)
+        """Whether the job's estimated memory fits this host now; if not, fail it ``out_of_memory`` unstarted.
+        (Jobs that run elsewhere, on a cluster's nodes, are not held to this host's memory.)"""
+        budget = admission.memory_budget(self.settings) if self.executor.name == "local" else None
         if budget is None:
             return True
         with self.db.reading() as s:
@@ -180,11 +191,14 @@ class Worker:
         log.warning("job %s: not started, it would not fit in memory: %s", job_id, error["msg"])
         return False
 
-    def _after_exit(self, job_id: str, outcome: Outcome) -> None:
+    def _after_exit(self, job_id: str, run_token: str, outcome: Outcome) -> None:
         with self.db.writing() as s:
             job = store.get_job(s, job_id=job_id)
             if job is None or job.state != "running":
                 log.info("job %s: %s", job_id, job.state if job is not None else "deleted")
+                return
+            if job.run_token != run_token:  # our lease was lost and the job runs again elsewhere: not ours
+                log.info("job %s: taken over by another run; leaving it be", job_id)
                 return
             if outcome.oom_killed:
                 # Retrying would only feed the kernel's OOM killer again (which may pick other processes).

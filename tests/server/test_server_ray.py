@@ -95,6 +95,23 @@ def job(epochs: int, subset: int = 8, **extra: Any) -> dict[str, Any]:
             **extra}
 
 
+def test_the_cluster_listens_on_loopback_only(cluster: RayCluster) -> None:
+    import psutil  # Ray's own dependency
+
+    listening = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status != psutil.CONN_LISTEN or conn.pid is None:
+            continue
+        try:
+            cmdline = " ".join(psutil.Process(conn.pid).cmdline())
+        except psutil.Error:
+            continue
+        if "ray" in cmdline and str(cluster.root) in cmdline or "ray::" in cmdline:
+            listening.append((conn.laddr.ip, conn.laddr.port, cmdline[:80]))
+    assert listening, "found none of the cluster's sockets"
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _, _ in listening), listening
+
+
 def test_jobs_run_on_the_cluster_with_whole_series(client: httpx.Client, cluster: RayCluster) -> None:
     ids = [client.post("/jobs", json=job(2, name=f"ray-{i}")).raise_for_status().json()["id"] for i in range(2)]
     health = client.get("/health").json()

@@ -336,3 +336,32 @@ def test_name_filter_matches_the_same_on_every_backend(db: Database) -> None:
                                                                                     "a_")}
     assert found == {"vgg": ["VGG-deep"], "Deep": ["VGG-deep"], "%": ["a%b"], "_": ["a_b"], "\\": ["a\\b"],
                      "a_": ["a_b"]}
+
+
+def test_a_run_writes_only_while_it_holds_the_job(db: Database) -> None:
+    """Fencing: each claim gives the job a new run token; a process of an earlier run (cut off from its worker,
+    still training) can never write into the run that replaced it, nor finish it."""
+    job_id = make_job(db)
+    with db.writing() as s:
+        assert store.claim_next(s, owner="w1", lease_seconds=60, run_token="run-1").run_token == "run-1"
+    with db.writing() as s:
+        store.hold(s, job_id=job_id, run_token="run-1")
+        store.append_norms(s, job_id=job_id, block=block(0, 5))
+    with db.writing() as s:  # its worker is taken as lost: requeued, claimed again by another
+        assert store.requeue_or_fail(s, job_id=job_id, max_retries=5, why="lost") == "queued"
+    with db.writing() as s:
+        assert store.claim_next(s, owner="w2", lease_seconds=60, run_token="run-2").run_token == "run-2"
+    with pytest.raises(store.Superseded, match="running as another run"), db.writing() as s:
+        store.hold(s, job_id=job_id, run_token="run-1")
+        store.append_norms(s, job_id=job_id, block=block(5, 5))  # never reached
+    with pytest.raises(store.Superseded), db.writing() as s:
+        store.hold(s, job_id=job_id, run_token="run-1")
+        store.finish(s, job_id=job_id, state="failed", reason="error")
+    with db.reading() as s:
+        assert store.load_norms(s, job_id=job_id, kind="weight").steps.tolist() == list(range(5))
+        assert store.get_job(s, job_id=job_id).state == "running"
+    with db.writing() as s:
+        store.hold(s, job_id=job_id, run_token="run-2")
+        store.finish(s, job_id=job_id, state="succeeded")
+    with pytest.raises(store.Superseded, match="succeeded"), db.writing() as s:
+        store.hold(s, job_id=job_id, run_token="run-2")  # a finished job takes no more writes

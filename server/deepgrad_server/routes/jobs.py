@@ -92,7 +92,8 @@ def delete_job(job_id: JobId, db: DbDep, settings: SettingsDep, request: Request
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is {job.state}: cancel it first "
                                 f"(POST /jobs/{job_id}/cancel), then delete it")
         store.delete_job(s, job_id=job_id)
-    shutil.rmtree(settings.resolved_checkpoint_dir / job_id, ignore_errors=True)  # the id is 12 hex characters: no traversal
+    # The id is 12 hex characters: no traversal.
+    shutil.rmtree(settings.resolved_checkpoint_dir / job_id, ignore_errors=True)
     request.app.state.plot_cache.drop(job_id)
     request.app.state.series_cache.drop(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

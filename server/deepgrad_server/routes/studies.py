@@ -117,7 +117,8 @@ def delete_study(study_id: StudyId, db: DbDep, settings: SettingsDep, request: R
                                 f"running: cancel it first (POST /studies/{study_id}/cancel), then delete it")
         ids = store.delete_study(s, study_id=study_id)
     for job_id in ids:
-        shutil.rmtree(settings.resolved_checkpoint_dir / job_id, ignore_errors=True)  # ids are 12 hex characters: no traversal
+        # Ids are 12 hex characters: no traversal.
+        shutil.rmtree(settings.resolved_checkpoint_dir / job_id, ignore_errors=True)
         request.app.state.plot_cache.drop(job_id)
         request.app.state.series_cache.drop(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
