@@ -167,6 +167,8 @@ def test_compare_aligns_epochs_and_depth(client: httpx.Client, ids: dict[str, st
     for job_id, n in ((ids["vgg_deep"], 17), (ids["resnet18"], 20)):
         depth = c["by_depth"][job_id]
         assert len(depth) == n and depth[0]["relative_depth"] == 0 and depth[-1]["relative_depth"] == 1
+    differences = {d["key"]: d["values"] for d in c["differences"]}
+    assert differences["model.arch"] == ["vgg_deep", "resnet18"] and "train.epochs" not in differences
     assert client.get("/compare", params={"ids": "abc"}).status_code == 422
 
 

@@ -1,7 +1,8 @@
-"""Several jobs side by side: metrics aligned by epoch, gradient norms aligned by relative depth."""
+"""Several jobs side by side: metrics aligned by epoch, gradient norms aligned by relative depth, spec differences."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 @router.get("/compare", responses=errors(404))
 def compare(db: DbDep, ids: Ids) -> dict[str, Any]:
-    """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth."""
+    """Final metrics, cost and vanishing summary per job; history by epoch; mean norms by relative depth; the spec
+    keys whose values differ between the jobs."""
     jobs = [load_job(db, i) for i in parse_ids(ids)]
     rows, histories, by_depth = [], {}, {}
     for job in jobs:
@@ -40,4 +42,23 @@ def compare(db: DbDep, ids: Ids) -> dict[str, Any]:
     epochs = sorted({e for h in histories.values() for e in h})
     by_epoch = [{"epoch": e, "jobs": {jid: ({k: h[e].get(k) for k in EPOCH_FIELDS} if e in h else None)
                                       for jid, h in histories.items()}} for e in epochs]
-    return {"jobs": rows, "by_epoch": by_epoch, "by_depth": by_depth}
+    return {"jobs": rows, "by_epoch": by_epoch, "by_depth": by_depth, "differences": spec_differences(jobs)}
+
+
+def spec_differences(jobs: list[Any]) -> list[dict[str, Any]]:
+    """``[{"key": "model.arch", "values": [<each job's value, in order>]}]`` for every spec key (as ``--set`` keys)
+    whose values are not all equal (a key a job lacks: null)."""
+    specs = [_flat(job.spec or {}) for job in jobs]
+    keys = list(dict.fromkeys(k for spec in specs for k in spec))
+    return [{"key": k, "values": [spec.get(k) for spec in specs]} for k in keys
+            if len({json.dumps(spec.get(k), sort_keys=True) for spec in specs}) > 1]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
