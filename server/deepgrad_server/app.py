@@ -20,6 +20,7 @@ from deepgrad_server.cache import JobCache
 from deepgrad_server.db import Database
 from deepgrad_server.deps import require_token
 from deepgrad_server.errors import add_error_handlers
+from deepgrad_server.fanout import Hub
 from deepgrad_server.hosts import HostCheck
 from deepgrad_server.limits import BodySizeLimit
 from deepgrad_server.rendering import RenderPool
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         matplotlib.rcParams["path.simplify_threshold"] = 1.0
         gc.freeze()  # startup objects never die: keep the collector's passes short while rendering plots
         try:
-            yield
+            async with Hub.running(app.state.db) as app.state.fanout:  # one store reader per followed job (events)
+                yield
         finally:
             for worker in app.state.workers:
                 worker.stop()

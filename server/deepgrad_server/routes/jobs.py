@@ -1,26 +1,20 @@
-"""Jobs: submit, list, read, cancel, delete, epoch metrics and live progress events."""
+"""Jobs: submit, list, read, cancel, delete and epoch metrics (their live events: ``routes/events.py``)."""
 
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-import anyio
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
 from deepgrad_server.models import TERMINAL, JobState
-from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public, json_errors
+from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public
 
 router = APIRouter(tags=["jobs"])
 
-EVENTS_POLL_S = 0.5
-KEEPALIVE_S = 15.0
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                                               description="a retried POST with the same key returns the same job")]
 
@@ -108,47 +102,3 @@ def job_metrics(job_id: JobId, db: DbDep) -> MetricsPublic:
         means = store.layer_means(s, job_id=job_id)
     return MetricsPublic(job_id=job.id, state=job.state, epochs=history, final=job.final, per_class=job.per_class,
                          confusion=job.confusion, layer_means=means)
-
-
-def _job_must_exist(job_id: JobId, db: DbDep) -> None:
-    load_job(db, job_id)  # a dependency: the 404 comes before the stream starts
-
-
-@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"description": "server-sent events"}, **json_errors(401, 404)},
-            dependencies=[Depends(_job_must_exist)])
-async def job_events(job_id: JobId, db: DbDep, request: Request) -> AsyncIterator[ServerSentEvent]:
-    """Server-sent events: ``progress`` while it runs, ``state`` on changes, ``end`` with the final job; a
-    ``: keep-alive`` comment when nothing else was sent for a while."""
-    last_state: tuple | None = None
-    last_progress: Any = None
-    last_sent = time.monotonic()
-    while True:
-        job = await anyio.to_thread.run_sync(_read, db, job_id)
-        if job is None:
-            yield ServerSentEvent(event="end", data={"id": job_id, "state": "deleted"})
-            return
-        if (job.state, job.reason) != last_state:
-            last_state = (job.state, job.reason)
-            yield ServerSentEvent(event="state", data={"state": job.state, "reason": job.reason,
-                                                       "message": job.message})
-            last_sent = time.monotonic()
-        if job.progress and job.progress != last_progress:
-            last_progress = job.progress
-            public = job_public(job).progress
-            yield ServerSentEvent(event="progress", data={**public.model_dump(mode="json"), "state": job.state})
-            last_sent = time.monotonic()
-        if job.state in TERMINAL:
-            yield ServerSentEvent(event="end", data=job_public(job).model_dump(mode="json"))
-            return
-        if time.monotonic() - last_sent > KEEPALIVE_S:
-            yield ServerSentEvent(comment="keep-alive")
-            last_sent = time.monotonic()
-        if await request.is_disconnected():
-            return
-        await anyio.sleep(EVENTS_POLL_S)
-
-
-def _read(db: Any, job_id: str) -> Any:
-    with db.reading() as s:
-        return store.get_job(s, job_id=job_id)
