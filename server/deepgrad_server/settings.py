@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                                description="cuda, cuda:1, cpu, or a list (cuda:0,cuda:1: one worker per GPU); "
                                            "unset: CUDA when present")
     worker: bool = True  # run the embedded worker in the server process
+    job_start: Literal["forkserver", "spawn"] = Field(default="forkserver", description="how local job processes "
+                                                      "start: forked from a process that has imported torch once "
+                                                      "(fast), or spawn (a fresh interpreter per job)")
     executor: Literal["local", "ray"] = Field(default="local", description="where jobs run: local (child "
                                               "processes of this server) or ray (a Ray cluster's nodes)")
     ray_address: str | None = Field(default=None, description="the Ray cluster's Jobs API (its dashboard), e.g. "

@@ -39,7 +39,7 @@ class Worker:
         PyTorch CPU threads slow every job down by orders of magnitude). ``executor``: where jobs run
         (default: ``LocalExecutor``, a child process of this server)."""
         self.settings, self.db, self.device, self.threads = settings, db, device, threads
-        self.executor: Executor = executor if executor is not None else LocalExecutor()
+        self.executor: Executor = executor if executor is not None else LocalExecutor(settings.job_start)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_LIFE}:{device or 'auto'}:{secrets.token_hex(2)}"
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,6 +62,8 @@ class Worker:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        if isinstance(self.executor, LocalExecutor):
+            self.executor.warm_up()  # the fork server imports torch for the jobs, meanwhile
         if self.executor.name == "local" and admission.memory_budget(self.settings) is not None:
             admission.warm_up()  # torch's first import (seconds) here, not between a claim and its first heartbeat
         self.recover()

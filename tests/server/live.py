@@ -88,9 +88,9 @@ class LiveServer:
         return self.proc.pid
 
     def job_pids(self) -> list[int]:
-        """Pids of the server's job processes (its children running ``multiprocessing.spawn``)."""
+        """Pids of the server's job processes: the children of its ``multiprocessing`` fork server."""
         assert self.proc is not None
-        pids = []
+        procs = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -99,10 +99,10 @@ class LiveServer:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.proc.pid and b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-                pids.append(int(entry.name))
-        return pids
+            procs[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+        servers = {pid for pid, (ppid, cmdline) in procs.items()
+                   if ppid == self.proc.pid and b"multiprocessing.forkserver" in cmdline}
+        return [pid for pid, (ppid, _) in procs.items() if ppid in servers]
 
 
 def wait_for(client: httpx.Client, job_id: str, states: set[str] | None = None, stall: float = 300,
