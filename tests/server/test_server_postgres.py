@@ -38,9 +38,7 @@ class Cluster:
     """Two API processes (no worker) and a worker process (four workers) on one PostgreSQL database."""
 
     def __init__(self, root: Path, url: str) -> None:
-        # A worker sizes a job after claiming it and before its first heartbeat; the first estimate imports torch,
-        # seconds on a busy machine: a lease of 30 s, not LiveServer's 10, so that it does not lapse meanwhile.
-        env = {"DEEPGRAD_DATABASE_URL": url, "DEEPGRAD_LEASE_SECONDS": "30"}
+        env = {"DEEPGRAD_DATABASE_URL": url}
         self.apis = [LiveServer(root / f"api{i}", None, env={**env, "DEEPGRAD_WORKER": "false",
                                                               "DEEPGRAD_MAX_QUEUED": "1000"}) for i in range(2)]
         self.worker = LiveServer(root / "worker", None, env={**env, "DEEPGRAD_DEVICE": ",".join(["cpu"] * CLAIMERS),
