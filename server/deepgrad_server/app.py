@@ -25,6 +25,7 @@ from deepgrad_server.hosts import HostCheck
 from deepgrad_server.limits import BodySizeLimit
 from deepgrad_server.rendering import RenderPool
 from deepgrad_server.routes import api_router
+from deepgrad_server.sessions import BrowserSessions, add_session_handlers, announce_login_link
 from deepgrad_server.settings import Settings
 from deepgrad_server.worker import make_workers
 
@@ -49,11 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 pool_size=settings.api_threads + settings.render_threads + 2)
         token, generated = settings.ensure_token()
         app.state.token = token
+        app.state.sessions = BrowserSessions(token) if token is not None else None  # browsers' login links
         if generated:  # printed once, on the first start; afterwards it is in the file only
             sys.stderr.write(f"DeepGrad API token (stored in {settings.data_dir / 'token'}, mode 0600):\n"
                              f"    {token}\n")
         elif token is None:
             log.warning("auth is disabled: anyone who can reach %s:%d can run jobs", settings.host, settings.port)
+        if app.state.sessions is not None:
+            announce_login_link(settings, app.state.sessions)  # on a terminal only: never into a log
         # One worker per device: each GPU trains one job at a time.
         app.state.workers = make_workers(settings, app.state.db) if settings.worker else []
         for worker in app.state.workers:
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     _add_docs(app, public=settings.public_docs)
     add_error_handlers(app)
+    add_session_handlers(app)  # a browser without a session is sent to the login page
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.host_allowlist is not None or not settings.auth:  # auth off: loopback names only (None)
         app.add_middleware(HostCheck, allowed=settings.host_allowlist)  # outermost: nothing runs for a bad Host

@@ -1,4 +1,4 @@
-"""Dependencies as named aliases: the store, the settings, the token check."""
+"""Dependencies as named aliases: the store, the settings, the token (or browser session) check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from deepgrad_server import store
+from deepgrad_server import sessions, store
 from deepgrad_server.db import Database
 from deepgrad_server.models import Job
 from deepgrad_server.schemas import JOB_ID_PATTERN
@@ -29,17 +29,26 @@ def get_settings(request: Request) -> Settings:
 
 def require_token(request: Request,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """401 unless the request carries the server's bearer token (compared in constant time)."""
+    """401 unless the request carries the server's bearer token (compared in constant time) or a browser session
+    cookie (``sessions``); a cookie request that changes something must also pass the CSRF check (403)."""
     expected: str | None = request.app.state.token
     if expected is None:  # auth disabled (loopback only: Settings refuses anything else)
+        if request.method not in sessions.SAFE_METHODS:
+            sessions.check_origin(request)  # no token to steal, but another site's page must not drive the API
         return
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing bearer token: send 'Authorization: "
-                            "Bearer <token>' (the token is in the server's data directory, file 'token')",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    if credentials is not None:  # a bearer token decides alone, right or wrong
+        if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return
+    browser: sessions.BrowserSessions | None = getattr(request.app.state, "sessions", None)
+    session = browser.session(request) if browser is not None else None
+    if session is None:
+        raise sessions.NotSignedIn(status.HTTP_401_UNAUTHORIZED, detail="missing bearer token: send 'Authorization: "
+                                   "Bearer <token>' (the token is in the server's data directory, file 'token'); in "
+                                   "a browser, sign in with a login link (deepgrad-client open)",
+                                   headers={"WWW-Authenticate": "Bearer"})
+    browser.check_csrf(request, session)
 
 
 DbDep = Annotated[Database, Depends(get_db)]

@@ -23,7 +23,9 @@ from deepgrad_server import deps
 from deepgrad_server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-PUBLIC = {("GET", "/health")}
+# The routes that need no token, and what each answers without one: /health; the login page and POST /login, which
+# trade a one-time ticket for a browser session and give nothing else (tests/server/test_server_sessions.py).
+PUBLIC = {("GET", "/health"): 200, ("GET", "/login"): 200, ("POST", "/login"): 422}
 WRONG = {
     "none": {},
     "wrong token": {"Authorization": "Bearer wrong-token-0123456789abcdef"},
@@ -73,7 +75,7 @@ def test_every_route_is_401_without_the_right_token(app_client: Any, app_routes:
                 continue
             assert r.headers.get("www-authenticate") == "Bearer", (route, r.headers)
             assert TOKEN not in r.text and TOKEN[:8] not in r.text
-    expected = {key: 200 if key[:2] in PUBLIC else 401 for key in answers}
+    expected = {key: PUBLIC.get(key[:2], 401) for key in answers}
     assert answers == expected
     assert count_jobs(app_client.app.state.db) == before
     assert app_client.get(f"/jobs/{ids['succeeded']}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

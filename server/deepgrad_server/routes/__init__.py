@@ -3,12 +3,13 @@
 from fastapi import APIRouter, Depends
 
 from deepgrad_server.deps import require_token
-from deepgrad_server.routes import compare, cost, events, jobs, meta, plots, series, studies
+from deepgrad_server.routes import auth, compare, cost, events, jobs, meta, plots, reports, series, studies
 from deepgrad_server.schemas import errors
 
 api_router = APIRouter()
 api_router.include_router(meta.public)  # /health: no token
+api_router.include_router(auth.public)  # the login page and POST /login: they sign a browser in
 # Before jobs: /jobs/events must not reach /jobs/{job_id} (a 422: 'events' is no job id).
 api_router.include_router(events.router, dependencies=[Depends(require_token)], responses=errors(401))
-for module in (jobs, studies, series, plots, compare, cost, meta):
+for module in (jobs, studies, series, plots, compare, cost, meta, auth, reports):
     api_router.include_router(module.router, dependencies=[Depends(require_token)], responses=errors(401))
