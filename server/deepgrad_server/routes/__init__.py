@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from deepgrad_server.deps import require_token
-from deepgrad_server.routes import auth, compare, cost, events, jobs, meta, plots, reports, series, studies
+from deepgrad_server.routes import auth, compare, cost, events, jobs, meta, pages, plots, reports, series, studies
 from deepgrad_server.schemas import errors
 
 api_router = APIRouter()
@@ -13,3 +13,4 @@ api_router.include_router(auth.public)  # the login page and POST /login: they s
 api_router.include_router(events.router, dependencies=[Depends(require_token)], responses=errors(401))
 for module in (jobs, studies, series, plots, compare, cost, meta, auth, reports):
     api_router.include_router(module.router, dependencies=[Depends(require_token)], responses=errors(401))
+api_router.include_router(pages.router, dependencies=[Depends(require_token)])  # the dashboard: "/", /ui, /static

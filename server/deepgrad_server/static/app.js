@@ -267,6 +267,7 @@
         });
         this.img.src = next.src;
         this.placeholder("");
+        if (!this.img.dataset.loadedAt) this.img.dataset.loadedAt = String(Math.round(performance.now()));
       } catch (err) {
         this.placeholder("Could not draw this figure (see the server log)");
       } finally {
@@ -321,6 +322,7 @@
         if (legend) legend.style.maxHeight = this.legend + "px";
         this.drawn = this.data;
         this.el.dataset.drawn = "1";
+        this.el.dataset.drawnAt = String(Math.round(performance.now())); // for the benchmark: first drawn
         return;
       }
       if (this.drawn === this.data) return;

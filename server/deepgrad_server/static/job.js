@@ -175,6 +175,7 @@
     }
     norms.chart.update(shown());
     el.dataset.points = String(norms.steps.length);
+    el.dataset.detail = norms.detail ? norms.detail.range.join("-") : "";
     el.dataset.lastStep = String(norms.steps.length ? norms.steps[norms.steps.length - 1] : -1);
     $("norms-info").textContent = `${fmt.int(norms.records)} steps recorded` +
       (norms.downsampled ? `, ${fmt.int(norms.steps.length)} drawn (min/max per bucket)` : "");
@@ -188,7 +189,8 @@
     const kind = norms.kind;
     if (!hasNorms(kind)) return;
     const last = norms.steps.length ? norms.steps[norms.steps.length - 1] : -1;
-    if (norms.layers && stored[kind] !== undefined && stored[kind] <= last) return; // nothing new
+    // Loaded, and nothing new stored since (the `norms` event says what is; an ended job stores nothing more).
+    if (norms.layers && (stored[kind] === undefined || stored[kind] <= last)) return;
     // The tail only, appended; all again (downsampled anew) when the page holds twice the budget.
     const tail = norms.layers !== null && norms.steps.length + Math.min(POINTS, (stored[kind] ?? last) - last)
       <= 2 * POINTS;
@@ -218,13 +220,15 @@
       return;
     }
     if (!norms.downsampled) return; // every recorded step is here already
+    $("norms-chart").dataset.zoomAt = String(Math.round(performance.now()));
     zoomTimer = setTimeout(async () => {
       const [a, b] = [Math.floor(range[0]), Math.ceil(range[1])];
       const d = await api(query(`&start=${Math.max(0, a)}&end=${b + 1}`)).catch(DG.report);
       if (!d || !norms.chart.zoomed) return;
       norms.detail = { range: [a, b], steps: d.steps, values: d.values };
       drawNorms();
-    }, 250);
+      $("norms-chart").dataset.detailAt = String(Math.round(performance.now()));
+    }, 100); // a burst of zooms asks once
   }
 
   $("norm-kind").addEventListener("change", (e) => {
