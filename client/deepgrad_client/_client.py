@@ -12,6 +12,7 @@ do anything twice. Every request the client makes is such a one:
   whose first attempt did reach the server returns that same job, never a second one;
 - ``POST /jobs/{id}/cancel``: cancelling twice leaves the job as cancelling once does; a retry answered
   409 because the first attempt already cancelled a queued job returns the cancelled job.
+- ``POST /login-links``: a retry mints another one-time link; the first one, never seen, is never used.
 
 A read timeout is not retried (the request may still be running), and neither is any other status.
 """
@@ -292,6 +293,38 @@ class Client:
     def presets(self) -> list[dict[str, Any]]:
         """The named studies the server runs: name, description, base, grid or points, number of jobs."""
         return self._send("GET", "/presets").json()
+
+    # -- the browser: login links and reports -------------------------------------------------------
+
+    def login_link(self, job_id: str | None = None, *, next_path: str | None = None) -> dict[str, Any]:
+        """A one-time link that signs a browser in (valid 10 minutes, one use) and opens the job's page, or
+        ``next_path`` (a path on the server), or the dashboard: ``{"url", "path", "next", "expires_at"}``.
+        ``url`` is this client's base URL joined to ``path`` (what the browser here can reach, through a tunnel
+        too)."""
+        body: dict[str, Any] = {}
+        if job_id is not None:
+            _job_path(job_id)
+            body["job_id"] = job_id
+        if next_path is not None:
+            body["next"] = next_path
+        link = self._send("POST", "/login-links", json=body).json()
+        link["url"] = self.base_url.rstrip("/") + link["path"]
+        return link
+
+    def report(self, job_id: str) -> bytes:
+        """One job as a self-contained HTML file (figures and tables inline; opens offline, prints well)."""
+        return self._html(_job_path(job_id, "report.html"))
+
+    def compare_report(self, ids: Sequence[str]) -> bytes:
+        """2-12 jobs side by side as a self-contained HTML file."""
+        return self._html("/compare/report.html", params={"ids": _id_list(ids)})
+
+    def study_report(self, study_id: str) -> bytes:
+        """A study (its summary table and figures) as a self-contained HTML file."""
+        return self._html(_study_path(study_id, "report.html"))
+
+    def _html(self, path: str, **kwargs: Any) -> bytes:
+        return self._send("GET", path, **kwargs).content
 
     # -- comparison and server ----------------------------------------------------------------------
 

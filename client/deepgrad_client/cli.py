@@ -8,8 +8,11 @@ Exit codes: 0 ok; 1 the server or the request failed (the message goes to stderr
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import webbrowser
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +332,70 @@ def export(state: _State, job_id: str, csv_path: Path, kind: str) -> None:
         return
     state.client.export(job_id, csv_path, kind)
     click.echo(f"wrote {csv_path}")
+
+
+# -- the browser: the dashboard and reports ------------------------------------------------------------------
+
+@cli.command(name="open")
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option("--print", "print_only", is_flag=True, help="Only print the link (open no browser).")
+@pass_state
+def open_dashboard(state: _State, job_id: str | None, print_only: bool) -> None:
+    """Open the dashboard (a job's page with ID) in a browser, signed in by a one-time login link."""
+    link = state.client.login_link(job_id)
+    if print_only:
+        click.echo(link["url"])
+        return
+    until = link.get("expires_at")
+    when = f"; works once, until {datetime.fromisoformat(until.replace('Z', '+00:00')).astimezone():%H:%M}" \
+        if until else ""
+    click.echo(f"login link{when}:\n    {link['url']}")
+    if not _can_open_browser() or not webbrowser.open(link["url"]):
+        click.echo("no browser to open here: open the link above in yours (over SSH, forward the server's port "
+                   "first and pass --url with the forwarded address)", err=True)
+
+
+def _can_open_browser() -> bool:
+    """Whether a graphical browser can start: Python's ``webbrowser`` would otherwise run a text browser in this
+    terminal (lynx, w3m), which cannot sign in. ``$BROWSER`` is the user's own choice."""
+    if os.environ.get("BROWSER") or sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@cli.command()
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option("--compare", "compare_ids", metavar="ID1,ID2,...", help="A comparison of 2-12 jobs instead.")
+@click.option("--study", "study_id", metavar="ID", help="A study instead.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), required=True,
+              help="The HTML file to write ('-': standard output); an existing one is replaced.")
+@pass_state
+def report(state: _State, job_id: str | None, compare_ids: str | None, study_id: str | None, output: Path) -> None:
+    """Save a job's, a comparison's or a study's report: one self-contained HTML file (figures and tables inline)
+    that opens offline and prints well."""
+    if sum(x is not None for x in (job_id, compare_ids, study_id)) != 1:
+        raise click.UsageError("give one of: a job ID, --compare ID1,ID2,... or --study ID")
+    if compare_ids is not None:
+        ids = [i for i in compare_ids.replace(",", " ").split() if i]
+        if not 2 <= len(ids) <= 12:
+            raise click.UsageError(f"--compare takes 2 to 12 job ids, got {len(ids)}")
+        html = state.client.compare_report(ids)
+    elif study_id is not None:
+        html = state.client.study_report(study_id)
+    else:
+        html = state.client.report(job_id)
+    if str(output) == "-":
+        sys.stdout.buffer.write(html)
+        return
+    partial = output.with_name(f".{output.name}.part")  # written whole or not at all: no half report
+    try:
+        partial.write_bytes(html)
+        partial.replace(output)
+    except OSError as err:
+        raise click.ClickException(f"cannot write {output}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(f"wrote {output} ({len(html) / 1024:,.0f} KB)")
 
 
 # -- studies --------------------------------------------------------------------------------------------------
