@@ -89,6 +89,10 @@ def test_every_route_accepts_the_right_token(app_client: Any, app_routes: Any, s
         url, query = _url(route, ids)
         if route.method == "DELETE":
             url = url.replace(ids["succeeded"], ids["failed"])
+        if route.path.endswith("/events"):  # an event stream: its status is the answer (the job list's never ends)
+            with app_client.stream(route.method, url, params=query) as r:
+                assert r.status_code != 401, route
+            continue
         r = app_client.request(route.method, url, params=query, **({"json": TINY} if route.method == "POST" else {}))
         assert r.status_code != 401, (route, r.text)
 
@@ -150,6 +154,17 @@ def test_compose_publishes_on_loopback_only() -> None:
     """The shipped compose file binds every published port to 127.0.0.1 (a short check; tests/test_deploy.py
     checks it through ``docker compose config`` with the rest of the deployment)."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    ports = [str(p) for service in compose["services"].values() for p in service.get("ports", [])]
+    default = [s for s in compose["services"].values() if not s.get("profiles")]
+    ports = [str(p) for service in default for p in service.get("ports", [])]
     assert ports and all(p.startswith("127.0.0.1:") for p in ports), ports
-    assert all("network_mode" not in s or s["network_mode"] != "host" for s in compose["services"].values())
+    assert all(s.get("network_mode") != "host" for s in default)
+    # The opt-in cluster profile spans hosts: it listens on the private address the operator names
+    # (DEEPGRAD_CLUSTER_IP / DEEPGRAD_NODE_IP), 127.0.0.1 when unset, and never on every interface.
+    cluster = [s for s in compose["services"].values() if s.get("profiles")]
+    private = ("${DEEPGRAD_CLUSTER_IP:-127.0.0.1}:", "${DEEPGRAD_NODE_IP:-127.0.0.1}:")
+    assert all(str(p).startswith(private) for s in cluster for p in s.get("ports", []))
+    for service in cluster:
+        if service.get("network_mode") == "host":
+            text = " ".join(service.get("command", [])) + str(service.get("environment", {}))
+            assert "0.0.0.0" not in text and ("--node-ip-address=${DEEPGRAD_" in text
+                                              or service["environment"].get("DEEPGRAD_HOST") == "127.0.0.1"), service
