@@ -129,6 +129,10 @@ def test_a_login_link_opens_the_jobs_page(browser: Browser, server: Any, jobs: d
         page.fill("#filter-name", "")
         page.select_option("#filter-state", "queued")
         expect(page.locator(f"tr[data-id='{jobs['finished']}']")).to_have_count(0, timeout=10_000)
+        page.click("#logout")  # a cookie POST: with the CSRF header
+        page.wait_for_url("**/login")
+        page.goto("/")
+        assert urlsplit(page.url).path == "/login"
     finally:
         context.close()
 
@@ -208,6 +212,10 @@ def test_a_finished_job_page_draws_every_figure(signed_in: BrowserContext, api: 
     for figure in ("#heatmap", "#depth", "#ratio", "#filters", "#cost"):
         page.locator(figure).scroll_into_view_if_needed()
         assert_not_blank(page, figure)
+    page.locator("#norm-kind").scroll_into_view_if_needed()
+    page.select_option("#norm-kind", "activation")  # the activation-gradient series, fetched and drawn anew
+    expect(page.locator("#norms-chart")).to_have_attribute("data-drawn", "1")
+    expect(page.locator("#norms-info")).to_contain_text("steps recorded")
 
 
 # ---------------------------------------------------------------------------------------- compare and study

@@ -6,6 +6,16 @@
   const DG = {};
   window.DG = DG;
 
+  // Log out: the session's cookies are cleared; the login page says how to come back.
+  document.addEventListener("DOMContentLoaded", () => {
+    const button = document.getElementById("logout");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      await DG.api("/logout", { method: "POST" }).catch(() => null);
+      location.assign("/login");
+    });
+  });
+
   // ------------------------------------------------------------------------------------------------ HTTP
 
   class ApiError extends Error {
@@ -198,19 +208,26 @@
   // ------------------------------------------------------------------------------------------ visibility
 
   // Work only for what is on screen: callbacks run when an element enters (true) or leaves (false) the view.
-  const watchers = new Map();
+  const watched = new Map(); // element -> {visible, callbacks}
   const observer = new IntersectionObserver((entries) => {
     for (const e of entries) {
-      const w = watchers.get(e.target);
+      const w = watched.get(e.target);
       if (!w) continue;
       w.visible = e.isIntersecting;
-      w.cb(e.isIntersecting);
+      w.callbacks.forEach((cb) => cb(e.isIntersecting));
     }
   }, { rootMargin: "200px 0px" });
+  // Returns whether `el` is in view now.
   DG.whenVisible = function (el, cb) {
-    const w = { visible: false, cb };
-    watchers.set(el, w);
-    observer.observe(el);
+    let w = watched.get(el);
+    if (!w) {
+      w = { visible: false, callbacks: [] };
+      watched.set(el, w);
+      observer.observe(el);
+    } else if (w.visible) {
+      queueMicrotask(() => cb(true)); // already in view: the observer will not say so again
+    }
+    w.callbacks.push(cb);
     return () => w.visible;
   };
 
@@ -218,7 +235,8 @@
 
   // A server-rendered figure (<img data-src>): fetched once in view and once `available`; `refresh()`
   // fetches it again (now if in view, else when it comes into view) and swaps it in only once loaded, so the
-  // page never flashes or moves.
+  // page never flashes or moves. Its <figure> says where it is: data-state none (nothing to draw yet, with
+  // data-empty saying why), waiting, loaded or error.
   class Figure {
     constructor(img, { available = false } = {}) {
       this.img = img;
@@ -227,17 +245,20 @@
       this.stale = true;
       this.version = 0;
       this.loading = false;
-      this.placeholder(available ? "" : "Not available yet");
+      this.placeholder(available ? "" : "Not available yet", available ? "waiting" : "none");
       this.isVisible = DG.whenVisible(img, (v) => { if (v) this.load(); });
     }
-    placeholder(text) {
+    placeholder(text, state) {
       const fig = this.img.closest("figure");
-      if (fig) fig.dataset.empty = text;
+      if (!fig) return;
+      fig.dataset.empty = text;
+      fig.dataset.state = state;
     }
     setAvailable(yes, why = "Not available yet") {
       if (yes === this.available) return;
       this.available = yes;
-      if (!yes) { this.img.removeAttribute("src"); this.placeholder(why); return; }
+      if (!yes) { this.img.removeAttribute("src"); this.placeholder(why, "none"); return; }
+      if (!this.img.getAttribute("src")) this.placeholder("", "waiting");
       this.stale = true;
       this.load();
     }
@@ -266,10 +287,10 @@
           next.src = url;
         });
         this.img.src = next.src;
-        this.placeholder("");
+        this.placeholder("", "loaded");
         if (!this.img.dataset.loadedAt) this.img.dataset.loadedAt = String(Math.round(performance.now()));
       } catch (err) {
-        this.placeholder("Could not draw this figure (see the server log)");
+        this.placeholder("Could not draw this figure (see the server log)", "error");
       } finally {
         this.loading = false;
       }
@@ -307,6 +328,15 @@
       this.data = data;
       this.draw();
     }
+    // Other series from now on: the next update makes the plot anew.
+    reset() {
+      if (this.plot) this.plot.destroy();
+      this.plot = null;
+      this.data = null;
+      this.drawn = null;
+      this.zoomed = false;
+      delete this.el.dataset.drawn;
+    }
     draw() {
       if (!this.data || !this.isVisible()) return; // drawn when it comes into view
       if (!this.plot) {
@@ -322,6 +352,7 @@
         if (legend) legend.style.maxHeight = this.legend + "px";
         this.drawn = this.data;
         this.el.dataset.drawn = "1";
+        delete this.el.dataset.empty;
         this.el.dataset.drawnAt = String(Math.round(performance.now())); // for the benchmark: first drawn
         return;
       }

@@ -72,13 +72,6 @@
       { label: `${j.name} test ${what}`, stroke: DG.jobColor(i), width: 2, points: { size: 5 }, value }]);
   }
 
-  function reset(chart) {
-    if (chart.plot) chart.plot.destroy();
-    chart.plot = null;
-    chart.data = null;
-    chart.zoomed = false;
-  }
-
   function drawResults() {
     const r = result;
     $("results").tBodies[0].replaceChildren(...r.jobs.map((j, i) => {
@@ -125,19 +118,22 @@
       return xs.map((x) => (at.has(x) && at.get(x) > 0 ? at.get(x) : null));
     })]);
     const figures = r.jobs.some((j) => (r.by_depth[j.id] || []).length > 1);
-    ratio.setSource(`/compare/plots/ratio.png?ids=${r.jobs.map((j) => j.id).join(",")}`);
+    const chosen = r.jobs.map((j) => j.id).join(",");
+    ratio.setSource(`/compare/plots/ratio.png?ids=${chosen}`);
+    $("report-link").href = `/compare/report.html?ids=${chosen}`;
     ratio.setAvailable(figures, "Drawn once a job has finished an epoch");
   }
 
   let shown = "";
   const load = DG.serial(async () => {
     $("compared").hidden = ids.length === 0;
+    $("report-link").hidden = ids.length === 0;
     if (!ids.length) { result = null; drawPicker(); return; }
     const r = await api("/compare?ids=" + ids.join(","));
     const key = r.jobs.map((j) => j.id).join(",");
     if (key !== shown) { // another selection: other series
       shown = key;
-      [accChart, lossChart, depthChart].forEach(reset);
+      [accChart, lossChart, depthChart].forEach((chart) => chart.reset());
     }
     result = r;
     drawResults();

@@ -60,7 +60,9 @@
     const s = job.summary;
     if (!s) {
       box.replaceChildren(h("p", { class: "muted" }, DG.TERMINAL.has(job.state)
-        ? "No verdict: the job recorded no gradient norms." : "Known when the job ends."));
+        ? "No verdict: the job recorded no gradient norms."
+        : "Known when the job ends. Meanwhile the first / last layer ratio below shows it taking shape, epoch " +
+          "by epoch."));
       return;
     }
     const verdict = s.vanishing === true ? h("p", { class: "verdict bad" }, "Vanishing gradients")
@@ -234,9 +236,7 @@
   $("norm-kind").addEventListener("change", (e) => {
     norms.kind = e.target.value;
     norms.layers = null; norms.steps = []; norms.values = []; norms.detail = null;
-    if (norms.chart && norms.chart.plot) norms.chart.plot.destroy();
-    norms.chart = null;
-    $("norms-chart").replaceChildren();
+    if (norms.chart) norms.chart.reset(); // other layers and labels: a new plot
     if (!hasNorms(norms.kind)) $("norms-chart").dataset.empty = `No ${norms.kind} gradient norms (yet).`;
     loadNorms();
   });
@@ -384,6 +384,7 @@
     renderJob();
     figuresAvailable();
     if (lastEpoch >= 1) loadMetrics();
+    else for (const id of ["loss-chart", "acc-chart"]) $(id).dataset.empty = "Drawn after the first epoch.";
     if (!hasNorms("weight")) $("norms-chart").dataset.empty = "Drawn once the job has stored gradient norms.";
     loadNorms();
     follow();
