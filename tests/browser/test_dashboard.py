@@ -212,6 +212,9 @@ def test_a_finished_job_page_draws_every_figure(signed_in: BrowserContext, api: 
     for figure in ("#heatmap", "#depth", "#ratio", "#filters", "#cost"):
         page.locator(figure).scroll_into_view_if_needed()
         assert_not_blank(page, figure)
+    # Log-axis ticks never read "0" (uPlot's own labels print 1e-4 as "0"): powers of ten as such.
+    labels = page.evaluate("DG.logAxisValues(null, [1e-9, 1e-4, 0.002, 0.01, 1, 1e3, 1e5])")
+    assert labels == ["10\u207b\u2079", "10\u207b\u2074", "0.002", "0.01", "1", "1000", "10\u2075"], labels
     page.locator("#norm-kind").scroll_into_view_if_needed()
     page.select_option("#norm-kind", "activation")  # the activation-gradient series, fetched and drawn anew
     expect(page.locator("#norms-chart")).to_have_attribute("data-drawn", "1")
