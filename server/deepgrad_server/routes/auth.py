@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,7 +66,7 @@ FORBIDDEN = {403: {"model": ErrorMessage, "description": "a cookie request witho
 
 
 @router.post("/login-links", status_code=status.HTTP_201_CREATED, response_model=LoginLinkPublic,
-             responses={**errors(404), **FORBIDDEN})
+             responses={**errors(400, 404, 413), **FORBIDDEN})
 async def create_login_link(request: Request, db: DbDep, body: LoginLinkCreate | None = None) -> LoginLinkPublic:
     """A one-time link that signs a browser in and opens ``next`` or the job's page (10 minutes, one use)."""
     body = body or LoginLinkCreate()
@@ -85,7 +85,8 @@ async def create_login_link(request: Request, db: DbDep, body: LoginLinkCreate |
 @public.post("/login", response_model=LoginPublic,
              responses={401: {"model": ErrorMessage, "description": "the ticket is not valid: expired, used or "
                                                                     "never issued"},
-                        403: {"model": ErrorMessage, "description": "posted from another site's page"}})
+                        403: {"model": ErrorMessage, "description": "posted from another site's page"},
+                        **errors(400, 413)})
 async def login(body: LoginCreate, request: Request, response: Response) -> LoginPublic:
     """Trade a login link's ticket for a session cookie (``HttpOnly``, ``SameSite=Strict``) and the CSRF cookie."""
     sessions.check_origin(request)  # another site must not sign this browser in, even to a session of ours
@@ -146,7 +147,10 @@ LOGIN_PAGE_HEADERS: dict[str, Any] = {
     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
-@public.get("/login", response_class=HTMLResponse, include_in_schema=False)
-def login_page() -> HTMLResponse:
+@public.get("/login", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}, "description": "the login page"}})
+def login_page(next_page: Annotated[str | None, Query(alias="next", max_length=2000, pattern=sessions.NEXT_PATTERN,
+                                                      description="the page to open once signed in (the page's "
+                                                                  "script reads it)")] = None) -> HTMLResponse:
     """The page a login link opens: it posts the ticket from the link's fragment and goes on (no token)."""
     return HTMLResponse(_LOGIN_PAGE, headers=LOGIN_PAGE_HEADERS)

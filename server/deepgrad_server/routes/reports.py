@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from deepgrad_server.routes import compare, plots
 from deepgrad_server.schemas import errors, job_public
 
 router = APIRouter(tags=["reports"])
+log = logging.getLogger(__name__)
 
 MAX_REPORTS = 2  # reports assembled at once (each draws up to 8 figures on the render threads)
 REPORT_QUEUE = 4  # more wait; beyond, 503 as for figures
@@ -150,6 +152,9 @@ async def _figures(specs: tuple[tuple[str, str, str], ...],
             figure.missing = str(err.detail)
         except RequestValidationError as err:  # a figure this data cannot have (too many jobs, say)
             figure.missing = "; ".join(e["msg"] for e in err.errors())
+        except Exception:  # one figure's bug must not cost the whole report: it says so, the log has the rest
+            log.exception("report figure %s failed", figure.kind)
+            figure.missing = "it failed to draw (the server's log says why)"
 
     async with anyio.create_task_group() as group:
         for figure in out:
