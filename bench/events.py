@@ -6,7 +6,7 @@ A server starts with no worker and one queued job (its streams stay idle: nothin
 
 * **idle**: no streams;
 * **job**: ``--streams`` streams on the job (``GET /jobs/{id}/events``);
-* **list**: ``--streams`` streams on the job list (``GET /jobs/events``; new code only).
+* **list**: ``--streams`` streams on the job list (``GET /events``; new code only).
 
 After the job window, five progress updates are written into the server's SQLite file (as a job process writes
 them), about a second apart, and the seconds until each stream has each ``progress`` event are timed: the
@@ -167,7 +167,7 @@ def measure(label: str, pythonpath: Path | None, args: argparse.Namespace, tmp: 
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
             job_id = c.post("/jobs", json=TINY).raise_for_status().json()["id"]
         has_list = _has_list_stream(server.url)
-        paths = [None, f"/jobs/{job_id}/events"] + (["/jobs/events"] if has_list else [])
+        paths = [None, f"/jobs/{job_id}/events"] + (["/events"] if has_list else [])
         rows = []
         for path in paths:
             row = asyncio.run(window(server, path, args, job_id))
@@ -180,14 +180,14 @@ def measure(label: str, pythonpath: Path | None, args: argparse.Namespace, tmp: 
 
 
 def _has_list_stream(url: str) -> bool:
-    """Whether this server has ``GET /jobs/events`` (older code answers 422: 'events' is no job id)."""
+    """Whether this server has ``GET /events`` (older code answers 404)."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with httpx.stream("GET", url + "/jobs/events", headers=headers, timeout=10) as r:
+    with httpx.stream("GET", url + "/events", headers=headers, timeout=10) as r:
         return r.status_code == 200
 
 
 def print_row(r: dict[str, Any]) -> None:
-    path = r["path"] if r["path"] in (None, "/jobs/events") else "/jobs/{id}/events"
+    path = r["path"] if r["path"] in (None, "/events") else "/jobs/{id}/events"
     what = "no streams" if path is None else f"{r['streams']} x {path}"
     line = (f"  {r['code']:<9} {what:<28} /health p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  "
             f"p99 {r['p99_ms']:7.1f} ms  failed {r['failed']}  server CPU {r['cpu_s']:5.2f} s / {r['wall_s']:.1f} s "
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             old = checkout(args.baseline, Path(tmp) / "baseline-code")
             rows += measure(args.baseline[:9], old, args, Path(tmp))
     if args.baseline:
-        new_job, old_job = (next(r for r in rows if r["code"] == code and r["path"] and r["path"] != "/jobs/events")
+        new_job, old_job = (next(r for r in rows if r["code"] == code and r["path"] and r["path"] != "/events")
                             for code in ("new", args.baseline[:9]))
         print(f"{args.streams} idle streams on one job, baseline/new: server cores "
               f"{old_job['cores'] / max(new_job['cores'], 1e-3):.1f}x, /health p95 "

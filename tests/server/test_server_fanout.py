@@ -257,7 +257,7 @@ def test_fanout_job_list_stream_is_quiet_until_a_job_changes(served: Served, mon
                                                              ) -> None:
     monkeypatch.setattr(events, "KEEPALIVE_S", 0.3)
     served.submit()
-    streams = [RawStream(served.port, "/jobs/events?limit=2") for _ in range(5)]
+    streams = [RawStream(served.port, "/events?limit=2") for _ in range(5)]
     pump_until(streams, lambda: all(s.events for s in streams))
     first = streams[0].events[0][1]
     total = served.http.get("/jobs").json()["count"]
@@ -287,9 +287,10 @@ def test_fanout_job_list_stream_is_quiet_until_a_job_changes(served: Served, mon
 
 
 def test_fanout_job_list_stream_needs_the_token(served: Served) -> None:
-    r = httpx.get(served.url + "/jobs/events", timeout=10)
+    r = httpx.get(served.url + "/events", timeout=10)
     assert r.status_code == 401 and r.headers["content-type"] == "application/json"
-    assert served.http.get("/jobs/events", params={"limit": 0}).status_code == 422
+    assert served.http.get("/events", params={"limit": 0}).status_code == 422
+    assert served.http.delete("/events").status_code == 405  # a path of its own: no job route answers for it
 
 
 def test_fanout_readers_tell_only_what_changed(database_url: str) -> None:

@@ -9,7 +9,8 @@ from deepgrad_server.schemas import errors
 api_router = APIRouter()
 api_router.include_router(meta.public)  # /health: no token
 api_router.include_router(auth.public)  # the login page and POST /login: they sign a browser in
-# Before jobs: /jobs/events must not reach /jobs/{job_id} (a 422: 'events' is no job id).
+# The job streams: GET /events (the job list; not under /jobs/, where 'events' would meet /jobs/{job_id}'s other
+# methods) and /jobs/{job_id}/events.
 api_router.include_router(events.router, dependencies=[Depends(require_token)], responses=errors(401))
 for module in (jobs, studies, series, plots, compare, cost, meta, auth, reports):
     api_router.include_router(module.router, dependencies=[Depends(require_token)], responses=errors(401))

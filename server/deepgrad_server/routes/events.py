@@ -24,7 +24,7 @@ def _keep_alive() -> ServerSentEvent:
     return ServerSentEvent(comment="keep-alive")
 
 
-@router.get("/jobs/events", response_class=EventSourceResponse, responses={**_STREAM, **json_errors(401)})
+@router.get("/events", response_class=EventSourceResponse, responses={**_STREAM, **json_errors(401)})
 async def jobs_events(request: Request, db: DbDep,
                       limit: Annotated[int, Query(ge=1, le=500, description="jobs in the first event")] = 50,
                       ) -> AsyncIterator[ServerSentEvent]:

@@ -146,7 +146,7 @@
   // one of them is here.
   let timer = null;
   let last = 0;
-  const events = new EventSource("/jobs/events?limit=1");
+  const events = new EventSource("/events?limit=1");
   let first = true;
   events.addEventListener("jobs", (e) => {
     if (first) { first = false; return; } // the current list: nothing changed yet

@@ -1,5 +1,5 @@
 // The jobs page: the list as GET /jobs answers it (filtered by the server), read again whenever the job-list
-// stream (/jobs/events) says something changed; the studies below it.
+// stream (/events) says something changed; the studies below it.
 "use strict";
 
 (function () {
@@ -111,7 +111,7 @@
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && missed) { missed = false; changed(); }
   });
-  const events = new EventSource("/jobs/events?limit=1");
+  const events = new EventSource("/events?limit=1");
   events.addEventListener("jobs", changed);
   // "updated 3 min ago" and "just now" age: redrawn from the last answer once a minute.
   setInterval(changed, 60000);

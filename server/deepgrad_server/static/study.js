@@ -94,7 +94,7 @@
   let timer = null;
   let last = 0;
   let first = true;
-  const events = new EventSource("/jobs/events?limit=1");
+  const events = new EventSource("/events?limit=1");
   events.addEventListener("jobs", (e) => {
     if (first) { first = false; return; }
     if (!study) return;
