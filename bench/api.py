@@ -86,10 +86,12 @@ def seed_finished_job(database_url: str) -> str:
     from deepgrad_server.db import Database
     from deepgrad_server.runner import split_summary
 
-    spec = ExperimentSpec.model_validate(yaml.safe_load(SPEC_FILE.read_text()))
+    epochs = 100
+    raw = yaml.safe_load(SPEC_FILE.read_text())
+    spec = ExperimentSpec.model_validate({**raw, "train": {**raw["train"], "epochs": epochs}})  # the spec it ran
     model = build_model(spec.model)
     layers = [la.to_dict() for la in tracked_layers(model, spec.tracking.layer_types)]
-    names, spe, epochs = tuple(la["name"] for la in layers), 391, 100
+    names, spe = tuple(la["name"] for la in layers), 391
     rng = np.random.default_rng(0)
     steps = np.arange(spe * epochs)
     values = (10.0 ** (0.1 * (np.arange(len(names)) - len(names))) * (0.3 + np.exp(-steps / 12_000))[:, None]
