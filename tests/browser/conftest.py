@@ -46,6 +46,19 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 
 @pytest.fixture(scope="module")
+def browser(browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
+    """One Chromium per module of browser tests, stopped with it (pytest-playwright's lives for the whole session:
+    its sync API keeps an event loop running in the main thread meanwhile, and every later test that runs asyncio
+    there, TestClient's among them, fails with 'Already running asyncio in this thread')."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**browser_type_launch_args)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server for the module, with two CPU workers: a job can train while others run."""
     live = LiveServer(tmp_path_factory.mktemp("browser") / "server", None, env={"DEEPGRAD_DEVICE": "cpu,cpu"})
