@@ -39,9 +39,10 @@ PAYLOADS = ["../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/pas
             "a\x00b", "%00", "0123456789ab%00", LONG, LONG * 8]
 
 # Values of the other parameters while one is attacked: valid, so the attacked one is what decides the answer.
-VALID = {"job_id": "succeeded", "kind": "selected", "ids": "succeeded", "study_id": "study"}
+VALID = {"job_id": "succeeded", "kind": "selected", "ids": "succeeded", "study_id": "study",
+         "path": "app.js"}  # /static/{path}: the dashboard's own files, a path by design (kept inside static/)
 # Free text a route matches as text and never opens: a path-like value there is a 200 (with nothing found).
-TEXT_FILTERS = {("/jobs", "name")}
+TEXT_FILTERS = {("/jobs", "name"), ("/login", "next")}  # next: a path of this site to go to after login, never a file
 
 
 # --- recording what the process opens -------------------------------------------------------------------------
