@@ -48,17 +48,18 @@ def compare(db: DbDep, ids: Ids) -> dict[str, Any]:
 def spec_differences(jobs: list[Any]) -> list[dict[str, Any]]:
     """``[{"key": "model.arch", "values": [<each job's value, in order>]}]`` for every spec key (as ``--set`` keys)
     whose values are not all equal (a key a job lacks: null)."""
-    specs = [_flat(job.spec or {}) for job in jobs]
+    specs = [flat(job.spec or {}) for job in jobs]
     keys = list(dict.fromkeys(k for spec in specs for k in spec))
     return [{"key": k, "values": [spec.get(k) for spec in specs]} for k in keys
             if len({json.dumps(spec.get(k), sort_keys=True) for spec in specs}) > 1]
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"arch": "vgg16"}}`` -> ``{"model.arch": "vgg16"}`` (as ``--set`` keys)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -209,17 +209,6 @@ async def study_report(study_id: StudyId, db: DbDep, request: Request) -> Respon
 
 # -- the tables ------------------------------------------------------------------------------------------------
 
-def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"arch": "vgg16"}}`` -> ``{"model.arch": "vgg16"}`` (as ``--set`` keys)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _verdicts(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One row per norm kind that has data: its first/last ratio, weakest layer, vanishing flag."""
     summary = summary or {}
@@ -236,7 +225,7 @@ def _job_context(db: Database, job_id: str) -> dict[str, Any]:
         history = store.epochs(s, job_id=job_id)
     public = job_public(job).model_dump(mode="json")
     changes = public["changes"]
-    spec = [{"key": k, "value": v, "set": k in changes} for k, v in flat(job.spec or {}).items()]
+    spec = [{"key": k, "value": v, "set": k in changes} for k, v in compare.flat(job.spec or {}).items()]
     per_class = job.per_class or []
     return {"title": f"DeepGrad job {job.name} ({job.id})", "job": public, "history": history,
             "final": job.final or {}, "summary": job.summary or {}, "verdicts": _verdicts(job.summary),
@@ -248,13 +237,9 @@ def _job_context(db: Database, job_id: str) -> dict[str, Any]:
 def _compare_context(db: Database, ids: str) -> dict[str, Any]:
     body = compare.compare(db, ids)
     jobs = body["jobs"]
-    specs = [flat(j["spec"] or {}) for j in jobs]
-    keys = list(dict.fromkeys(k for spec in specs for k in spec))
-    differences = [{"key": k, "values": [spec.get(k) for spec in specs]} for k in keys
-                   if len({json.dumps(spec.get(k), sort_keys=True) for spec in specs}) > 1]
     for row in jobs:
         row["verdicts"] = _verdicts(row["summary"])
-    return {"title": f"DeepGrad comparison of {len(jobs)} jobs", "jobs": jobs, "differences": differences,
+    return {"title": f"DeepGrad comparison of {len(jobs)} jobs", "jobs": jobs, "differences": body["differences"],
             "by_epoch": body["by_epoch"]}
 
 
@@ -272,5 +257,5 @@ def _study_context(db: Database, study_id: str) -> dict[str, Any]:
     return {"title": f"DeepGrad study {study.name} ({study.id})",
             "study": {"id": study.id, "name": study.name, "preset": study.preset, "created_at": study.created_at,
                       "grid": study.grid, "points": study.points},
-            "base": [{"key": k, "value": v} for k, v in flat(study.base or {}).items()], "varied": varied,
+            "base": [{"key": k, "value": v} for k, v in compare.flat(study.base or {}).items()], "varied": varied,
             "rows": rows, "counts": counts}
