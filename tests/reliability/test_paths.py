@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
-from fastapi import FastAPI
 from live import TINY, TOKEN, LiveServer, wait_for
 
 from deepgrad_server.app import create_app
@@ -111,9 +110,11 @@ def assert_inside(events: list[tuple[str, str, str]], data_dir: Path, canary: Pa
 # --- sending requests as uvicorn passes them on -------------------------------------------------------------------
 
 
-def asgi_request(app: FastAPI, method: str, target: str) -> tuple[int, bytes, dict[str, str]]:
+def asgi_request(client: Any, method: str, target: str) -> tuple[int, bytes, dict[str, str]]:
     """One request with ``target`` exactly as written (no client-side normalisation of ``..``): the scope is
-    built as uvicorn builds it (``path`` percent-decoded, ``raw_path`` as sent)."""
+    built as uvicorn builds it (``path`` percent-decoded, ``raw_path`` as sent). It runs in the event loop of
+    ``client`` (an entered TestClient), where the app's lifespan runs its event hub, as uvicorn's one loop would."""
+    app = client.app
     raw_path, _, query = target.partition("?")
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": unquote(raw_path), "raw_path": raw_path.encode("latin-1", "replace"), "root_path": "",
@@ -121,6 +122,7 @@ def asgi_request(app: FastAPI, method: str, target: str) -> tuple[int, bytes, di
              "client": ("127.0.0.1", 50000), "headers": [(b"host", HOST.encode()),
                                                          (b"authorization", AUTH["Authorization"].encode())]}
     status, body, headers, sent = 0, bytearray(), {}, False
+    first_event = asyncio.Event()  # an event stream's first chunk: enough to judge it (the job list's never ends)
 
     async def receive() -> dict:
         nonlocal sent
@@ -136,14 +138,18 @@ def asgi_request(app: FastAPI, method: str, target: str) -> tuple[int, bytes, di
             headers.update((k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", []))
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
+            if body and headers.get("content-type", "").startswith("text/event-stream"):
+                first_event.set()
 
     async def run() -> None:
-        try:
-            await asyncio.wait_for(app(scope, receive, send), timeout=5)
-        except asyncio.TimeoutError:
-            pass  # an event stream that did not end (a real job's stream: only the status matters here)
+        served = asyncio.ensure_future(app(scope, receive, send))
+        stream_began = asyncio.ensure_future(first_event.wait())
+        await asyncio.wait([served, stream_began], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        for task in (served, stream_began):  # an event stream that has not ended: its status and first event decide
+            task.cancel()
+        await asyncio.gather(served, stream_began, return_exceptions=True)
 
-    asyncio.run(run())
+    client.portal.call(run)
     return status, bytes(body), headers
 
 
@@ -214,7 +220,7 @@ def test_path_like_values_in_every_parameter_read_nothing_outside_the_data_dir(s
                     path_values[name] = payload
                 else:
                     query[name] = payload
-                status, body, headers = asgi_request(app, method, _target(path, path_values, query, raw=raw))
+                status, body, headers = asgi_request(client, method, _target(path, path_values, query, raw=raw))
                 sent += 1
                 opaque = where == "query" and ((path, name) in TEXT_FILTERS or name == "file")
                 # A parameter read as text, or read by nobody, answers what the valid request answers.
