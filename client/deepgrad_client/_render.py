@@ -160,26 +160,9 @@ def compare_table(body: dict[str, Any]) -> Table:
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(job) for job in jobs))
-    for key, values in spec_differences([j.get("spec") or {} for j in jobs]).items():
-        table.add_row(escape(key), *(escape(setting(v)) for v in values))
+    for diff in body.get("differences") or []:  # the spec keys whose values differ, as GET /compare found them
+        table.add_row(escape(diff["key"]), *(escape(setting(v)) for v in diff["values"]))
     return table
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"arch": "vgg16"}}`` -> ``{"model.arch": "vgg16"}``."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def spec_differences(specs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The spec fields whose values differ between ``specs``: ``{"model.kernel_size": [3, 5], ...}``."""
-    flat = [flatten(spec or {}) for spec in specs]
-    keys = sorted({k for f in flat for k in f})
-    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
 
 
 def setting(value: Any) -> str:

@@ -182,6 +182,9 @@ def test_cli_compare_prints_the_table_and_writes_a_png(server: Live, finished, t
                 "FLOPs/image", "grad first/last", "vanishing"):
         assert row in result.stdout
     assert "tiny-residual" in result.stdout and "tiny-plain" in result.stdout
+    # What sets the runs apart, as GET /compare found it: the one spec key they differ in, with each one's value.
+    (residual_row,) = [line for line in result.stdout.splitlines() if "model.residual" in line]
+    assert residual_row.replace("│", " ").split()[1:] == ["true", "false"], residual_row
     ratio = finished.residual["summary"]["weight"]["first_last_ratio"]
     assert f"{ratio:.2e}" in result.stdout
     with Image.open(out) as img:
