@@ -30,6 +30,7 @@ import logging
 import os
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -381,15 +382,24 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------- synthetic
 
 
+_TRAIN_STATS: OrderedDict[tuple[int, int, int, int], tuple[tuple[float, ...], tuple[float, ...]]] = OrderedDict()
+
+
 def _synthetic(spec: DataSpec, split: Split, *, in_channels: int, seed: int) -> ImageSplit:
-    """Class prototypes shared by both splits; noise and shifts drawn per split."""
+    """Class prototypes shared by both splits; noise and shifts drawn per split. Both splits are normalized
+    with the training split's mean and std (kept for the test split: it need not draw the training one again)."""
     size = spec.image_size or DEFAULT_IMAGE_SIDE
-    train = _synthetic_images(size, in_channels, spec.subset or 100, seed=seed, split="train")
+    key = (size, in_channels, spec.subset or 100, seed)
+    if split == "train" or key not in _TRAIN_STATS:
+        train = _synthetic_images(size, in_channels, spec.subset or 100, seed=seed, split="train")
+        scaled = train.astype(np.float64) / 255.0
+        _TRAIN_STATS[key] = (tuple(float(m) for m in scaled.mean(axis=(0, 2, 3))),
+                             tuple(float(s) for s in scaled.std(axis=(0, 2, 3))))
+        while len(_TRAIN_STATS) > 32:
+            _TRAIN_STATS.popitem(last=False)
+    mean, std = _TRAIN_STATS[key]
     images = train if split == "train" else _synthetic_images(size, in_channels, spec.test_subset or 20,
                                                               seed=seed, split="test")
-    scaled = train.astype(np.float64) / 255.0
-    mean = tuple(float(m) for m in scaled.mean(axis=(0, 2, 3)))
-    std = tuple(float(s) for s in scaled.std(axis=(0, 2, 3)))
     labels = np.repeat(np.arange(SYNTHETIC_CLASSES), len(images) // SYNTHETIC_CLASSES)
     classes = tuple(f"pattern_{c}" for c in range(SYNTHETIC_CLASSES))
     return ImageSplit(torch.from_numpy(images), torch.from_numpy(labels), classes, mean, std)
@@ -398,7 +408,8 @@ def _synthetic(spec: DataSpec, split: Split, *, in_channels: int, seed: int) -> 
 def _synthetic_images(size: int, channels: int, per_class: int, *, seed: int, split: Split) -> np.ndarray:
     """Each class: stripes at its own angle, frequency and colour, plus a blob at its own place.
 
-    Every image is its class's pattern shifted by up to 2 pixels, plus Gaussian noise.
+    Every image is its class's pattern shifted by up to 2 pixels, plus Gaussian noise. The 25 shifted patterns
+    of a class are drawn once and indexed per image (the same values as drawing each image's own, ~5x faster).
     """
     k, proto = SYNTHETIC_CLASSES, np.random.default_rng([seed, 0])
     angle = (np.arange(k) + proto.uniform(0, 0.3, k)) * np.pi / k  # one stripe orientation per class
@@ -408,13 +419,19 @@ def _synthetic_images(size: int, channels: int, per_class: int, *, seed: int, sp
     rng = np.random.default_rng([seed, 1 if split == "train" else 2])
     out = np.empty((k * per_class, channels, size, size), dtype=np.uint8)
     grid = np.arange(size, dtype=np.float32)
+    offsets = np.arange(-2, 3, dtype=np.float32)
+    dy, dx = (a.reshape(-1, 1, 1) for a in np.meshgrid(offsets, offsets, indexing="ij"))  # the 25 shifts
+    y, x = grid[None, :, None] - dy, grid[None, None, :] - dx  # [25, size, size]
     for c in range(k):
-        shift = rng.integers(-2, 3, (per_class, 2, 1, 1)).astype(np.float32)
-        y, x = grid[None, :, None] - shift[:, 0], grid[None, None, :] - shift[:, 1]  # [n, size, size]
+        shift = rng.integers(-2, 3, (per_class, 2))
         along = x * np.cos(angle[c]) + y * np.sin(angle[c])
         stripes = np.sin(2 * np.pi * freq[c] * along[:, None] + phase[c][None, :, None, None])
         blob = np.exp(-((y - centre[c, 0]) ** 2 + (x - centre[c, 1]) ** 2) / (0.02 * size**2))[:, None]
-        noise = rng.normal(0.0, 0.12, (per_class, channels, size, size))
-        pixels = 0.5 + 0.25 * stripes + 0.25 * blob + noise
-        out[c * per_class:(c + 1) * per_class] = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        patterns = 0.5 + 0.25 * stripes + 0.25 * blob  # [25, channels, size, size]
+        pixels = rng.normal(0.0, 0.12, (per_class, channels, size, size))  # the noise, then in place:
+        pixels += patterns[(shift[:, 0] + 2) * 5 + shift[:, 1] + 2]
+        pixels *= 255.0
+        pixels += 0.5
+        np.clip(pixels, 0, 255, out=pixels)
+        out[c * per_class:(c + 1) * per_class] = pixels  # to uint8, truncating as astype does
     return out
