@@ -42,6 +42,7 @@ class Worker:
         self.executor: Executor = executor if executor is not None else LocalExecutor(settings.job_start)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_LIFE}:{device or 'auto'}:{secrets.token_hex(2)}"
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by ``wake`` (a job was queued) and by ``stop``
         self._thread: threading.Thread | None = None
         self._execution: Execution | None = None
         self.current: str | None = None
@@ -55,9 +56,15 @@ class Worker:
                                         daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """A job was queued: an idle worker claims it now rather than at its next poll (up to ``POLL_S`` later).
+        Jobs queued by another process are found by the poll."""
+        self._wake.set()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop taking jobs; a running job is stopped and put back in the queue (it resumes on restart)."""
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -82,7 +89,8 @@ class Worker:
                         job = store.claim_next(s, owner=self.owner, lease_seconds=self.settings.lease_seconds,
                                                run_token=secrets.token_hex(8))
                 if job is None:
-                    self._stopping.wait(POLL_S)
+                    self._wake.wait(POLL_S)  # a wake set since the claim returns at once: none is lost
+                    self._wake.clear()
                     continue
                 self._supervise(job.id, job.attempts, job.run_token)
             except Exception:  # the worker must outlive any one job's trouble (a full disk, a locked file)
@@ -257,3 +265,9 @@ def _dead_here(owner: str | None) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def wake_workers(workers: list[Worker]) -> None:
+    """Jobs were queued: the idle ones among ``workers`` (this process's) claim them now."""
+    for worker in workers:
+        worker.wake()

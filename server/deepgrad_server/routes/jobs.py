@@ -12,6 +12,7 @@ from deepgrad_server import admission, store
 from deepgrad_server.deps import DbDep, JobId, SettingsDep, load_job
 from deepgrad_server.models import TERMINAL, JobState
 from deepgrad_server.schemas import JobCreate, JobPublic, JobsPublic, MetricsPublic, errors, job_public
+from deepgrad_server.worker import wake_workers
 
 router = APIRouter(tags=["jobs"])
 
@@ -22,7 +23,7 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, patt
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
              responses={200: {"model": JobPublic, "description": "the job an earlier POST with this Idempotency-Key "
                               "made"}, **errors(400, 409, 413, 429)})
-def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Response,
+def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, request: Request, response: Response,
                idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Queue a training job (201); a retried POST with the same Idempotency-Key returns the same job (200)."""
     errors = admission.limit_errors(body, settings)
@@ -39,7 +40,9 @@ def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, response: Resp
     except store.IdempotencyConflict as err:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(err)) from err
     response.headers["Location"] = f"/jobs/{job.id}"
-    if not created:
+    if created:
+        wake_workers(request.app.state.workers)
+    else:
         response.status_code = status.HTTP_200_OK
     return job_public(job)
 

@@ -24,6 +24,7 @@ from deepgrad_server.schemas import (
     errors,
     job_public,
 )
+from deepgrad_server.worker import wake_workers
 
 router = APIRouter(tags=["studies"])
 
@@ -37,7 +38,8 @@ def list_presets() -> list[Preset]:
 
 @router.post("/studies", status_code=status.HTTP_201_CREATED, response_model=StudyPublic,
              responses=errors(400, 413, 429))
-def create_study(body: StudyCreate, db: DbDep, settings: SettingsDep, response: Response) -> StudyPublic:
+def create_study(body: StudyCreate, db: DbDep, settings: SettingsDep, request: Request,
+                 response: Response) -> StudyPublic:
     """Queue one job per point of the grid (every combination) or of the list, all with one seed and data order.
     Everything is checked before anything is written: an unknown key, an empty list, a value the spec refuses,
     a job over this server's limits or more jobs than ``DEEPGRAD_MAX_STUDY_JOBS`` is a 422 naming it."""
@@ -61,6 +63,7 @@ def create_study(body: StudyCreate, db: DbDep, settings: SettingsDep, response: 
     except store.QueueFull as err:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=str(err), headers={"Retry-After": "30"}) from err
     response.headers["Location"] = f"/studies/{study.id}"
+    wake_workers(request.app.state.workers)
     return public
 
 
