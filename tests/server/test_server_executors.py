@@ -14,6 +14,7 @@ from live import TINY
 
 from deepgrad_core.spec import ExperimentSpec
 from deepgrad_server import runner, store
+from deepgrad_server import worker as worker_module
 from deepgrad_server.db import Database
 from deepgrad_server.executors import Launch, Outcome
 from deepgrad_server.settings import Settings
@@ -118,3 +119,15 @@ def test_cancel_reaches_the_job_through_the_executor(worker) -> None:
         store.request_cancel(s, job_id=job_id)
     job = _wait(db, job_id, lambda j: j.state not in ("queued", "running"), timeout=60)
     assert job.state == "cancelled" and job.reason == "cancelled"
+
+
+def test_a_queued_job_wakes_an_idle_worker(worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /jobs and /studies wake this process's workers (``wake_workers``): an idle worker claims the job at
+    once, not at its next poll (here an hour away)."""
+    w, db, _ = worker
+    monkeypatch.setattr(worker_module, "POLL_S", 3600.0)
+    time.sleep(1.0)  # the worker's 0.5 s wait ends: it is now in an hour-long one
+    job_id = _submit(db, TINY)
+    worker_module.wake_workers([w])
+    job = _wait(db, job_id, lambda j: j.state not in ("queued", "running"), timeout=60)
+    assert job.state == "succeeded", (job.state, job.message)
