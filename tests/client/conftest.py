@@ -89,10 +89,12 @@ def finished(server: Live) -> Finished:
             events.extend(client.events(job_id))
 
     with server.client() as client:
-        residual = client.submit(TINY, name="tiny-residual")
-        collector = threading.Thread(target=collect, args=(residual["id"],))  # at once: it must see "queued"
-        collector.start()
+        # The plain one first: the server's one worker takes it at once, so the residual one waits "queued"
+        # behind it while its event stream and `watch` begin (both must see every state).
         plain = client.submit({**TINY, "model": {**TINY["model"], "residual": False}}, name="tiny-plain")
+        residual = client.submit(TINY, name="tiny-residual")
+        collector = threading.Thread(target=collect, args=(residual["id"],))
+        collector.start()
         watch = CliRunner(env={"COLUMNS": "200"}).invoke(
             cli, ["--url", server.url, "--token", server.token, "watch", residual["id"]])
         collector.join(120)
