@@ -8,9 +8,11 @@ Only loopback may be used: the head and every node bind 127.0.0.1 (``--node-ip-a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,8 +114,38 @@ class RayCluster:
                 raise RuntimeError(f"Ray: {n} nodes did not come up")
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        subprocess.run([str(RAY), "stop", "--force"], env=self.env(), capture_output=True, timeout=120)
+    def processes(self) -> list[int]:
+        """Pids of this cluster's processes (GCS, raylets, dashboard, workers, job drivers): each names the cluster's
+        folder in its command line (``--temp-dir``, session paths) or its environment (the token's path), or
+        descends from one that does (the dashboard's modules, forked by a fork server)."""
+        mark, parent, ours = str(self.root).encode(), {}, set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+                if mark in (entry / "cmdline").read_bytes() or mark in (entry / "environ").read_bytes():
+                    ours.add(int(entry.name))
+            except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+                continue
+        grown = True
+        while grown:
+            before = len(ours)
+            ours |= {pid for pid, ppid in parent.items() if ppid in ours}
+            grown = len(ours) > before
+        return sorted(ours)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Kill this cluster's processes, and only them (``ray stop`` stops every Ray of the machine, and its
+        import alone takes seconds)."""
+        deadline = time.monotonic() + timeout
+        while pids := self.processes():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Ray processes {pids} outlived SIGKILL for {timeout:.0f} s")
+            time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _ray(self, *args: str, join: bool = False) -> None:
