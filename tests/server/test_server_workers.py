@@ -13,8 +13,8 @@ from deepgrad_server.settings import Settings
 
 def test_two_devices_run_two_jobs_at_once(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "srv", None, env={"DEEPGRAD_DEVICE": "cpu,cpu"}).start()
-    # Both are claimed within the workers' 0.5 s poll, and a job's process takes seconds before it can end (it
-    # imports torch), so small jobs overlap; 25 steps an epoch keep them training side by side a little too.
+    # Both are claimed the moment they are queued (POST /jobs wakes the workers) and both wait for the fork server
+    # to finish importing torch, so they start together; 25 steps an epoch keep them training side by side.
     spec = {**TINY, "data": {**TINY["data"], "subset": 40}, "train": {"epochs": 2, "batch_size": 16}}
     try:
         with server.client() as client:
