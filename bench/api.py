@@ -107,7 +107,8 @@ def seed_finished_job(database_url: str) -> str:
 
     summary, layer_means = split_summary(strict_json(summarize_run(series, steps_per_epoch=spe, fraction=1e-3)))
     fields = {
-        "state": "succeeded", "started_at": t0, "finished_at": t0 + 2100, "attempts": 1, "layers": layers,
+        "state": "succeeded", "created_at": t0 - 60, "started_at": t0, "finished_at": t0 + 2100, "attempts": 1,
+        "layers": layers,
         "steps_per_epoch": spe, "environment": {"torch": "2.14.1", "python": "3.11.7", "device": "cuda:0",
                                                  "cuda": "12.8", "gpu": "NVIDIA H200", "cpu_threads": 16},
         "progress": {"epoch": epochs, "epochs": epochs, "step": len(steps), "total_steps": len(steps), "loss": 0.02,

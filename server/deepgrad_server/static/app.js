@@ -200,9 +200,10 @@
     const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
     return `rgb(${c[0]},${c[1]},${c[2]})`;
   };
-  // Distinct colours for jobs side by side (Tableau 10).
-  const JOB_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-                       "#9c755f", "#bab0ac", "#1b9e77", "#7570b3"];
+  // Distinct colours for jobs side by side: matplotlib's tab10, in its order, as the server's figures colour the
+  // same jobs (deepgrad_core.plots: job i is tab10(i % 10)), so a job has one colour on the whole page.
+  const JOB_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                       "#bcbd22", "#17becf"];
   DG.jobColor = (i) => JOB_COLOURS[i % JOB_COLOURS.length];
 
   // ------------------------------------------------------------------------------------------ visibility
