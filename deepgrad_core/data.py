@@ -390,14 +390,16 @@ def _synthetic(spec: DataSpec, split: Split, *, in_channels: int, seed: int) -> 
     with the training split's mean and std (kept for the test split: it need not draw the training one again)."""
     size = spec.image_size or DEFAULT_IMAGE_SIDE
     key = (size, in_channels, spec.subset or 100, seed)
-    if split == "train" or key not in _TRAIN_STATS:
+    stats = _TRAIN_STATS.get(key) if split == "test" else None
+    if stats is None:
         train = _synthetic_images(size, in_channels, spec.subset or 100, seed=seed, split="train")
         scaled = train.astype(np.float64) / 255.0
-        _TRAIN_STATS[key] = (tuple(float(m) for m in scaled.mean(axis=(0, 2, 3))),
-                             tuple(float(s) for s in scaled.std(axis=(0, 2, 3))))
+        stats = (tuple(float(m) for m in scaled.mean(axis=(0, 2, 3))),
+                 tuple(float(s) for s in scaled.std(axis=(0, 2, 3))))
+        _TRAIN_STATS[key] = stats
         while len(_TRAIN_STATS) > 32:
             _TRAIN_STATS.popitem(last=False)
-    mean, std = _TRAIN_STATS[key]
+    mean, std = stats
     images = train if split == "train" else _synthetic_images(size, in_channels, spec.test_subset or 20,
                                                               seed=seed, split="test")
     labels = np.repeat(np.arange(SYNTHETIC_CLASSES), len(images) // SYNTHETIC_CLASSES)
