@@ -66,7 +66,8 @@ def get_job(job_id: JobId, db: DbDep) -> JobPublic:
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
              responses=errors(404, 409))
 def cancel_job(job_id: JobId, db: DbDep) -> JobPublic:
-    """Cancel a queued job now, a running one within a few seconds (its worker stops it)."""
+    """Cancel a queued job now, a running one within a few seconds (its worker stops it; one that completes
+    its last step first ends succeeded)."""
     with db.writing() as s:
         job = store.request_cancel(s, job_id=job_id)
         if job is None:

@@ -8,10 +8,19 @@
   const LIMIT = 100;
   const MAX_COMPARE = 12;
   const selected = new Set();
-  const filters = new URLSearchParams(location.search);
-
-  $("filter-name").value = filters.get("name") || "";
-  $("filter-state").value = filters.get("state") || "";
+  // The filters applied: those in the address, which the inputs change (a name once typing pauses). A live
+  // reload reads these, not the inputs, so the table never shows a filter the address does not.
+  function fromInputs() {
+    const q = new URLSearchParams();
+    if ($("filter-name").value.trim()) q.set("name", $("filter-name").value.trim());
+    if ($("filter-state").value) q.set("state", $("filter-state").value);
+    return q;
+  }
+  const given = new URLSearchParams(location.search);
+  $("filter-name").value = given.get("name") || "";
+  $("filter-state").value = given.get("state") || "";
+  if ($("filter-state").selectedIndex < 0) $("filter-state").value = "";  // a state it does not list: "any"
+  let filters = fromInputs();
 
   function verdict(job) {
     const s = job.summary;
@@ -65,10 +74,7 @@
 
   const load = DG.serial(async () => {
     const q = new URLSearchParams({ limit: LIMIT });
-    const name = $("filter-name").value.trim();
-    const state = $("filter-state").value;
-    if (name) q.set("name", name);
-    if (state) q.set("state", state);
+    for (const key of ["name", "state"]) if (filters.get(key)) q.set(key, filters.get(key));
     const [jobs, studies] = await Promise.all([api("/jobs?" + q), api("/studies?limit=20")]);
     $("jobs").tBodies[0].replaceChildren(...jobs.data.map(row));
     $("jobs-empty").hidden = jobs.data.length > 0;
@@ -88,10 +94,8 @@
   // Filters: in the address (a reload or a shared link keeps them), applied by the server.
   let typing = null;
   function filtersChanged() {
-    const q = new URLSearchParams();
-    if ($("filter-name").value.trim()) q.set("name", $("filter-name").value.trim());
-    if ($("filter-state").value) q.set("state", $("filter-state").value);
-    history.replaceState(null, "", q.toString() ? "?" + q : location.pathname);
+    filters = fromInputs();
+    history.replaceState(null, "", filters.toString() ? "?" + filters : location.pathname);
     load();
   }
   $("filter-name").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(filtersChanged, 250); });
