@@ -96,9 +96,10 @@ def test_restart_keeps_queue_in_order(roomy_server: LiveServer) -> None:
     server, as_found = roomy_server, True  # as_found: running with its worker, as the other tests use it
     try:
         with server.client() as client:
-            # Stopped as soon as it is seen running (its process takes seconds to import torch): a tiny job is
-            # still running then. Two queued jobs behind it show their order as well as more would.
-            first = client.post("/jobs", json={**tiny(), "name": "first"}).json()["id"]
+            # Stopped as soon as it is seen running: long enough (150 steps) to be still running when the server
+            # has stopped (a tiny job ends within a second of its submit). Two queued jobs behind it show their
+            # order as well as more would.
+            first = client.post("/jobs", json={**longer(epochs=2), "name": "first"}).json()["id"]
             queued = [client.post("/jobs", json={**tiny(), "name": f"q{i}"}).json()["id"] for i in range(2)]
             wait_for(client, first, until=lambda j: j["state"] == "running")
         server.stop()  # SIGTERM: the running job goes back to the queue, uncounted
@@ -193,9 +194,9 @@ def test_data_set_deleted_mid_queue(roomy_server: LiveServer, cifar10_root: Path
     shutil.copytree(cifar10_root / "cifar10", root / "cifar10")
     try:
         with server.client() as client:
-            # Holds the queue while the data set goes: deleted as soon as it is seen running, and a job's process
-            # takes seconds (importing torch) before it could end, so a tiny one is long enough.
-            first = client.post("/jobs", json=tiny()).json()["id"]
+            # Holds the queue while the data set goes, deleted as soon as it is seen running: 150 steps, so it
+            # is still running then (a tiny job ends within a second of its submit).
+            first = client.post("/jobs", json=longer(epochs=2)).json()["id"]
             cifar = {"model": {"arch": "resnet18", "width": 0.125}, "data": {"name": "cifar10", "subset": 2,
                                                                              "test_subset": 2},
                      "train": {"epochs": 1, "batch_size": 10}}
