@@ -129,6 +129,9 @@ def test_a_login_link_opens_the_jobs_page(browser: Browser, server: Any, jobs: d
         page.fill("#filter-name", "")
         page.select_option("#filter-state", "queued")
         expect(page.locator(f"tr[data-id='{jobs['finished']}']")).to_have_count(0, timeout=10_000)
+        page.goto("/?name=browser-live&state=bogus")  # a shared link: a state it does not know is not applied
+        expect(rows).to_have_count(1)
+        assert page.input_value("#filter-state") == "" and urlsplit(page.url).query == "name=browser-live"
         page.click("#logout")  # a cookie POST: with the CSRF header
         page.wait_for_url("**/login")
         page.goto("/")

@@ -20,7 +20,11 @@
   $("filter-name").value = given.get("name") || "";
   $("filter-state").value = given.get("state") || "";
   if ($("filter-state").selectedIndex < 0) $("filter-state").value = "";  // a state it does not list: "any"
+  function showInAddress() {
+    history.replaceState(null, "", filters.toString() ? "?" + filters : location.pathname);
+  }
   let filters = fromInputs();
+  if (filters.toString() !== given.toString()) showInAddress();  // what it cannot apply (an unknown state) goes
 
   function verdict(job) {
     const s = job.summary;
@@ -95,7 +99,7 @@
   let typing = null;
   function filtersChanged() {
     filters = fromInputs();
-    history.replaceState(null, "", filters.toString() ? "?" + filters : location.pathname);
+    showInAddress();
     load();
   }
   $("filter-name").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(filtersChanged, 250); });
