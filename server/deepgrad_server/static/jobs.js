@@ -77,8 +77,8 @@
   });
 
   const load = DG.serial(async () => {
-    const q = new URLSearchParams({ limit: LIMIT });
-    for (const key of ["name", "state"]) if (filters.get(key)) q.set(key, filters.get(key));
+    const q = new URLSearchParams(filters);
+    q.set("limit", LIMIT);
     const [jobs, studies] = await Promise.all([api("/jobs?" + q), api("/studies?limit=20")]);
     $("jobs").tBodies[0].replaceChildren(...jobs.data.map(row));
     $("jobs-empty").hidden = jobs.data.length > 0;
